@@ -1,0 +1,156 @@
+"""What a rule sees of one file: the parsed module, shared analyses, and ways to report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper, PositionProvider
+
+from mllint.core.diagnostic import Applicability, Diagnostic, Edit, Fix
+from mllint.core.locator import Locator
+
+if TYPE_CHECKING:
+    from packaging.version import Version
+
+    from mllint.core.rule import Rule
+    from mllint.settings import Settings
+
+N = TypeVar("N", bound=cst.CSTNode)
+A = TypeVar("A")
+
+
+class NodeIndex(cst.CSTVisitor):
+    """One walk over the module: every node grouped by type, and each node's parent."""
+
+    def __init__(self) -> None:
+        self.by_type: Dict[type, List[cst.CSTNode]] = {}
+        self.parent: Dict[cst.CSTNode, cst.CSTNode] = {}
+        self.order: Dict[cst.CSTNode, int] = {}
+        self._stack: List[cst.CSTNode] = []
+
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        self.by_type.setdefault(type(node), []).append(node)
+        self.order[node] = len(self.order)
+        if self._stack:
+            self.parent[node] = self._stack[-1]
+        self._stack.append(node)
+        return True
+
+    def on_leave(self, original_node: cst.CSTNode) -> None:
+        self._stack.pop()
+
+
+class Context:
+    def __init__(self, source: str, path: str, module: cst.Module, settings: "Settings",
+                 locator: Optional[Locator] = None) -> None:
+        self.source = source
+        self.path = path
+        self.module = module
+        self.settings = settings
+        self.locator = locator or Locator(source)
+        self.rule: Optional["Rule"] = None
+        self._analyses: Dict[Any, Any] = {}
+        self._index: Optional[NodeIndex] = None
+        self._positions: Any = None
+
+    # -- shared structure --------------------------------------------------------------------
+    def _ensure_index(self) -> NodeIndex:
+        if self._index is None:
+            index = NodeIndex()
+            self.module.visit(index)
+            self._index = index
+        return self._index
+
+    def nodes(self, kind: Type[N]) -> Sequence[N]:
+        """Every node of exactly this libcst type, in source order."""
+        return self._ensure_index().by_type.get(kind, [])  # type: ignore[return-value]
+
+    def parent(self, node: cst.CSTNode) -> Optional[cst.CSTNode]:
+        return self._ensure_index().parent.get(node)
+
+    def order(self, node: cst.CSTNode) -> int:
+        """Position of ``node`` in a pre-order walk: smaller means earlier in the source."""
+        return self._ensure_index().order[node]
+
+    def ancestors(self, node: cst.CSTNode) -> Iterable[cst.CSTNode]:
+        parent = self.parent(node)
+        while parent is not None:
+            yield parent
+            parent = self.parent(parent)
+
+    def enclosing(self, node: cst.CSTNode, kind: Type[N]) -> Optional[N]:
+        for ancestor in self.ancestors(node):
+            if isinstance(ancestor, kind):
+                return ancestor
+        return None
+
+    def get(self, analysis: Callable[["Context"], A]) -> A:
+        """A shared analysis of this module, computed once (``analysis`` is a class taking ctx)."""
+        if analysis not in self._analyses:
+            self._analyses[analysis] = analysis(self)
+        return self._analyses[analysis]
+
+    @property
+    def names(self):
+        from mllint.analysis.names import ImportMap
+
+        return self.get(ImportMap)
+
+    def target_version(self, package: str) -> Optional["Version"]:
+        return self.settings.target_versions.get(package)
+
+    def code(self, node: cst.CSTNode) -> str:
+        return self.module.code_for_node(node)
+
+    # -- positions ----------------------------------------------------------------------------
+    def span(self, node: cst.CSTNode) -> Tuple[int, int]:
+        """Character offsets of ``node`` (without its surrounding whitespace)."""
+        if self._positions is None:
+            wrapper = MetadataWrapper(self.module, unsafe_skip_copy=True)
+            self._positions = wrapper.resolve(PositionProvider)
+        rng = self._positions[node]
+        loc = self.locator
+        return (loc.offset(rng.start.line, rng.start.column + 1),
+                loc.offset(rng.end.line, rng.end.column + 1))
+
+    # -- fixes -------------------------------------------------------------------------------
+    def edit(self, start: int, end: int, content: str) -> Edit:
+        return Edit(start, end, content, self.locator.location(start), self.locator.location(end))
+
+    def replace(self, node: cst.CSTNode, content: str) -> Edit:
+        start, end = self.span(node)
+        return self.edit(start, end, content)
+
+    def insert_statement_after(self, stmt: cst.CSTNode, code: str) -> Edit:
+        """An edit adding ``code`` as a new line after ``stmt``, at the same indentation."""
+        start, end = self.span(stmt)
+        loc = self.locator
+        row = loc.location(end).row
+        first_line = loc.line(loc.location(start).row)
+        indent = first_line[: len(first_line) - len(first_line.lstrip())]
+        at = loc.line_end(row)
+        return self.edit(at, at, loc.newline() + indent + code)
+
+    @staticmethod
+    def fix(message: str, applicability: Applicability, *edits: Edit) -> Fix:
+        return Fix(message, applicability, tuple(sorted(edits, key=lambda e: (e.start, e.end))))
+
+    # -- reporting ---------------------------------------------------------------------------
+    def report(self, node: cst.CSTNode, message: str, *, fix: Optional[Fix] = None,
+               help: Optional[str] = None) -> Diagnostic:
+        rule = self.rule
+        assert rule is not None, "report() outside a rule"
+        start, end = self.span(node)
+        return Diagnostic(
+            code=rule.code,
+            name=rule.name,
+            message=message,
+            severity=rule.severity,
+            location=self.locator.location(start),
+            end_location=self.locator.location(end),
+            fix=fix,
+            help=help,
+            start=start,
+            end=end,
+        )

@@ -1,0 +1,1 @@
+"""1xx: tokenizers, labels and collators."""

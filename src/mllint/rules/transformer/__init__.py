@@ -1,0 +1,1 @@
+"""3xx: wiring of torch.nn.Transformer and its parts."""

@@ -1,0 +1,243 @@
+"""Files in, results out: discovery, reading, checking, fixing and writing.
+
+Everything here is a layer over the pure core (``lint_source``/``fix_source``). ``process_file``
+is a plain function of its arguments so it can run in a worker process.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from pathspec import PathSpec
+
+from mllint.core.diagnostic import Diagnostic, Location
+from mllint.core.engine import fix_source, lint_source, system_diagnostic
+from mllint.core.locator import Locator
+from mllint.core.suppression import parse_suppressions
+from mllint.settings import ConfigError, ConfigResolver, Settings
+from mllint.sources.python import SourceError, SourceFile, decode, read_source, write_source
+
+PYTHON_SUFFIXES = (".py",)
+ALWAYS_ENGINE_CODES = ("MLL902", "MLL903", "MLL904", "MLL999")
+
+
+@dataclass
+class FileResult:
+    path: str  # as displayed
+    diagnostics: List[Diagnostic] = field(default_factory=list)
+    source: Optional[str] = None  # the (possibly fixed) text the diagnostics refer to
+    fixed: int = 0  # number of fixes applied (or that would be, with --diff)
+    diff: Optional[str] = None
+    noqa_added: int = 0
+
+
+def display_path(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+# -- discovery ---------------------------------------------------------------------------------
+
+def _is_virtualenv(directory: Path) -> bool:
+    return (directory / "pyvenv.cfg").is_file()
+
+
+class _GitIgnores:
+    """``.gitignore`` files on the way from the repository root down to the current directory."""
+
+    def __init__(self) -> None:
+        self._cache: Dict[Path, Optional[PathSpec]] = {}
+
+    def _spec(self, directory: Path) -> Optional[PathSpec]:
+        if directory not in self._cache:
+            lines: List[str] = []
+            for name in (".gitignore", ".git/info/exclude"):
+                try:
+                    lines += (directory / name).read_text(encoding="utf-8", errors="replace").splitlines()
+                except OSError:
+                    continue
+            self._cache[directory] = PathSpec.from_lines("gitwildmatch", lines) if lines else None
+        return self._cache[directory]
+
+    def ignored(self, path: Path, is_dir: bool) -> bool:
+        path = path.absolute()
+        for directory in path.parents:
+            spec = self._spec(directory)
+            if spec is not None:
+                rel = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
+                if spec.match_file(rel):
+                    return True
+            if (directory / ".git").exists():
+                break
+        return False
+
+
+def discover(paths: Sequence[str], resolver: ConfigResolver, force_exclude: bool = False) -> List[Path]:
+    """Python files to check, in a stable order. Explicitly named files are checked even when
+    excluded, unless ``force_exclude``; a path that does not exist is a ``ConfigError``."""
+    gitignores = _GitIgnores()
+    out: List[Path] = []
+    seen: Set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.absolute()
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+
+    for given in paths:
+        path = Path(given)
+        if not path.exists() and not path.is_symlink():
+            raise ConfigError(f"path `{given}` does not exist")
+        if path.is_dir():
+            for found in _walk(path, resolver, gitignores):
+                add(found)
+        else:
+            settings = resolver.for_path(path)
+            if (force_exclude or settings.force_exclude) and _excluded(path, False, settings, gitignores):
+                continue
+            add(path)
+    return out
+
+
+def _excluded(path: Path, is_dir: bool, settings: Settings, gitignores: _GitIgnores) -> bool:
+    if settings.is_excluded(str(path), is_dir):
+        return True
+    if is_dir and _is_virtualenv(path):
+        return True
+    return settings.respect_gitignore and gitignores.ignored(path, is_dir)
+
+
+def _walk(root: Path, resolver: ConfigResolver, gitignores: _GitIgnores) -> Iterator[Path]:
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue  # unreadable directory: nothing to check inside
+        settings = resolver.for_path(directory)
+        subdirs = []
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                continue
+            if is_dir:
+                if not _excluded(path, True, settings, gitignores):
+                    subdirs.append(path)
+            elif entry.name.endswith(PYTHON_SUFFIXES) and not _excluded(path, False, settings, gitignores):
+                yield path
+        stack.extend(reversed(subdirs))
+
+
+# -- checking one file ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mode:
+    fix: bool = False
+    unsafe: bool = False
+    diff: bool = False  # compute fixes, write nothing
+    add_noqa: bool = False
+
+
+def _error_result(display: str, error: SourceError) -> FileResult:
+    return FileResult(display, [system_diagnostic(error.code, error.message)])
+
+
+def process_source(source: SourceFile, display: str, settings: Settings, mode: Mode) -> FileResult:
+    """Check (and maybe fix) one decoded file; writes only in fix/add-noqa modes without diff."""
+    text = source.text
+    if mode.add_noqa:
+        diagnostics = lint_source(text, display, settings)
+        new_text, added = add_noqa(text, diagnostics)
+        result = FileResult(display, [], new_text, noqa_added=added)
+        if added and not mode.diff:
+            _write(source, new_text, result)
+        return result
+    if not (mode.fix or mode.diff):
+        return FileResult(display, lint_source(text, display, settings), text)
+    fixed = fix_source(text, display, settings, unsafe=mode.unsafe)
+    result = FileResult(display, list(fixed.remaining), fixed.source, fixed=len(fixed.applied))
+    if fixed.source != text:
+        if mode.diff:
+            result.diff = unified_diff(text, fixed.source, display)
+        else:
+            _write(source, fixed.source, result)
+    return result
+
+
+def _write(source: SourceFile, text: str, result: FileResult) -> None:
+    try:
+        write_source(source, text)
+    except SourceError as error:
+        result.diagnostics.insert(0, system_diagnostic(error.code, error.message))
+        result.fixed = 0
+        result.noqa_added = 0
+
+
+def process_file(path: Path, settings: Settings, mode: Mode) -> FileResult:
+    display = display_path(path)
+    try:
+        source = read_source(str(path))
+    except SourceError as error:
+        return _error_result(display, error)
+    return process_source(source, display, settings, mode)
+
+
+def process_stdin(data: bytes, display: str, settings: Settings, mode: Mode) -> FileResult:
+    """Standard input: fixes are returned in ``result.source`` and never written."""
+    try:
+        text, encoding, bom = decode(data)
+    except SourceError as error:
+        return _error_result(display, error)
+    source = SourceFile(display, text, encoding, bom, data)
+    return process_source(source, display, settings, Mode(mode.fix, mode.unsafe, True, mode.add_noqa))
+
+
+def unified_diff(old: str, new: str, display: str) -> str:
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                 fromfile=f"a/{display}", tofile=f"b/{display}")
+    return "".join(line if line.endswith(("\n", "\r")) else line + "\n\\ No newline at end of file\n"
+                   for line in lines)
+
+
+# -- --add-noqa ----------------------------------------------------------------------------------
+
+def add_noqa(source: str, diagnostics: Iterable[Diagnostic]) -> Tuple[str, int]:
+    """Add ``# noqa: CODE`` for every diagnostic, merging into existing directives."""
+    locator = Locator(source)
+    suppressions = parse_suppressions(source, locator)
+    wanted: Dict[int, List[str]] = {}
+    for diag in diagnostics:
+        if diag.code in ALWAYS_ENGINE_CODES:
+            continue
+        row = diag.noqa_row or diag.location.row
+        codes = wanted.setdefault(row, [])
+        if diag.code not in codes:
+            codes.append(diag.code)
+    edits = []
+    for row, codes in wanted.items():
+        directive = suppressions.lines.get(row)
+        if directive is not None:
+            if directive.codes is None:
+                continue
+            merged = list(directive.codes) + [c for c in codes if c not in directive.codes]
+            edits.append((directive.start, directive.end, "# noqa: " + ", ".join(merged)))
+        else:
+            end = locator.line_end(row)
+            line = locator.line(row)
+            stripped = line.rstrip()
+            at = end - (len(line) - len(stripped))
+            edits.append((at, end, "  # noqa: " + ", ".join(sorted(codes))))
+    for start, end, content in sorted(edits, reverse=True):
+        source = source[:start] + content + source[end:]
+    return source, len(edits)
