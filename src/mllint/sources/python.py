@@ -40,11 +40,19 @@ class SourceFile:
 def decode(raw: bytes) -> tuple:
     """(text, encoding, bom) for Python source bytes, or SourceError (MLL903)."""
     bom = raw.startswith(codecs.BOM_UTF8)
+    body = raw[len(codecs.BOM_UTF8):] if bom else raw
     try:
         encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-    except SyntaxError as exc:  # unknown encoding, or a cookie that contradicts the BOM
-        raise SourceError("MLL903", f"cannot decode the file: {exc.msg if hasattr(exc, 'msg') else exc}") from None
-    body = raw[len(codecs.BOM_UTF8):] if bom else raw
+    except SyntaxError as exc:
+        # An unknown encoding, a cookie that contradicts the BOM, or (no cookie) first lines
+        # that are not UTF-8: in the last case the UTF-8 decode below says exactly where.
+        encoding = "utf-8"
+        try:
+            body.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise SourceError("MLL903", f"cannot decode the file: {exc.msg}") from None
     if encoding == "utf-8-sig":
         encoding = "utf-8"
     try:
