@@ -148,8 +148,9 @@ def _check(paths: Tuple[str, ...], options: Dict[str, Any]) -> int:
             results.append(process_file(path, settings, mode))
 
     unsafe_shown = bool(options["unsafe_fixes"])
-    if not use_stdin and results:
-        unsafe_shown = unsafe_shown or resolver.for_path(Path(paths[0])).unsafe_fixes
+    if results:  # `unsafe-fixes = true` in the config shows unsafe fixes as fixable, too
+        anchor = Path(options["stdin_filename"] or "stdin").absolute() if use_stdin else Path(paths[0])
+        unsafe_shown = unsafe_shown or resolver.for_path(anchor).unsafe_fixes
     return _report(results, options, fix=fix, fix_only=fix_only, diff=diff, unsafe=unsafe_shown,
                    stdin_fixed=use_stdin and fix and not diff)
 
@@ -229,7 +230,8 @@ def _summary(results: Sequence[FileResult], remaining: int, fixed: int, fix: boo
         if hidden:
             hint = f"{_plural(hidden, 'hidden fix')} can be enabled with the `--unsafe-fixes` option"
             parts.append(f"({hint})" if fixable else f"No fixes available ({hint}).")
-        click.echo((" ".join(parts) + ("." if fixable and not hidden else "")).replace("..", "."), err=True)
+        line = " ".join(parts)
+        click.echo(line if line.endswith(".") else line + ".", err=True)
 
 
 def _describe_settings(settings: Settings, anchor: Path) -> str:

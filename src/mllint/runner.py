@@ -18,7 +18,7 @@ from mllint.core.diagnostic import Diagnostic, Location
 from mllint.core.engine import fix_source, lint_source, system_diagnostic
 from mllint.core.locator import Locator
 from mllint.core.suppression import parse_suppressions
-from mllint.settings import ConfigError, ConfigResolver, Settings
+from mllint.settings import ConfigError, ConfigResolver, Settings, gitignore_spec
 from mllint.sources.python import SourceError, SourceFile, decode, read_source, write_source
 
 PYTHON_SUFFIXES = (".py",)
@@ -63,15 +63,18 @@ class _GitIgnores:
                     lines += (directory / name).read_text(encoding="utf-8", errors="replace").splitlines()
                 except OSError:
                     continue
-            self._cache[directory] = PathSpec.from_lines("gitwildmatch", lines) if lines else None
+            self._cache[directory] = gitignore_spec(lines) if lines else None
         return self._cache[directory]
 
-    def ignored(self, path: Path, is_dir: bool) -> bool:
+    def ignored(self, path: Path, is_dir: bool, top: Optional[Path] = None) -> bool:
+        """``top``: the ignored directory named on the command line that ``path`` is below; the
+        ``.gitignore`` files at or above it then see only the part of ``path`` below ``top``."""
         path = path.absolute()
         for directory in path.parents:
             spec = self._spec(directory)
             if spec is not None:
-                rel = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
+                base = top if top is not None and _is_within(top, directory) else directory
+                rel = path.relative_to(base).as_posix() + ("/" if is_dir else "")
                 if spec.match_file(rel):
                     return True
             if (directory / ".git").exists():
@@ -96,26 +99,54 @@ def discover(paths: Sequence[str], resolver: ConfigResolver, force_exclude: bool
         path = Path(given)
         if not path.exists() and not path.is_symlink():
             raise ConfigError(f"path `{given}` does not exist")
-        if path.is_dir():
+        is_dir = path.is_dir()
+        settings = resolver.for_path(path)
+        if (force_exclude or settings.force_exclude) and (
+                _excluded(path, is_dir, settings, gitignores) or _in_virtualenv(path, settings)):
+            continue
+        if is_dir:
             for found in _walk(path, resolver, gitignores):
                 add(found)
         else:
-            settings = resolver.for_path(path)
-            if (force_exclude or settings.force_exclude) and _excluded(path, False, settings, gitignores):
-                continue
             add(path)
     return out
 
 
-def _excluded(path: Path, is_dir: bool, settings: Settings, gitignores: _GitIgnores) -> bool:
+def _in_virtualenv(path: Path, settings: Settings) -> bool:
+    """Whether a directory between ``path`` and the project root is a virtualenv."""
+    root = Path(settings.root or os.getcwd())
+    for parent in path.absolute().parents:
+        if not _is_within(parent, root) or parent == root:
+            return False
+        if _is_virtualenv(parent):
+            return True
+    return False
+
+
+def _is_within(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def _excluded(path: Path, is_dir: bool, settings: Settings, gitignores: _GitIgnores,
+              top: Optional[Path] = None) -> bool:
+    """``top``: an excluded directory named on the command line that ``path`` is below. What
+    excludes ``top`` itself (or a directory above it) is not held against what is inside it: its
+    entries are matched by their path below ``top``, as when ``top`` is the project root."""
+    if top is not None:
+        root = Path(settings.root or os.getcwd())
+        if not (root != top and _is_within(root, top)):  # the config file is not inside ``top``
+            settings = settings.with_changes(root=str(top))
     if settings.is_excluded(str(path), is_dir):
         return True
     if is_dir and _is_virtualenv(path):
         return True
-    return settings.respect_gitignore and gitignores.ignored(path, is_dir)
+    return settings.respect_gitignore and gitignores.ignored(path, is_dir, top)
 
 
 def _walk(root: Path, resolver: ConfigResolver, gitignores: _GitIgnores) -> Iterator[Path]:
+    # A directory named explicitly is walked even when excluded (`mllint build/`, or a project
+    # below a directory called `build` outside the project root); only its entries are judged.
+    top = root.absolute() if _excluded(root, True, resolver.for_path(root), gitignores) else None
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -132,9 +163,9 @@ def _walk(root: Path, resolver: ConfigResolver, gitignores: _GitIgnores) -> Iter
             except OSError:
                 continue
             if is_dir:
-                if not _excluded(path, True, settings, gitignores):
+                if not _excluded(path, True, settings, gitignores, top):
                     subdirs.append(path)
-            elif entry.name.endswith(PYTHON_SUFFIXES) and not _excluded(path, False, settings, gitignores):
+            elif entry.name.endswith(PYTHON_SUFFIXES) and not _excluded(path, False, settings, gitignores, top):
                 yield path
         stack.extend(reversed(subdirs))
 
@@ -200,7 +231,9 @@ def process_stdin(data: bytes, display: str, settings: Settings, mode: Mode) -> 
     except SourceError as error:
         return _error_result(display, error)
     source = SourceFile(display, text, encoding, bom, data)
-    return process_source(source, display, settings, Mode(mode.fix, mode.unsafe, True, mode.add_noqa))
+    # Never write (diff mode) when fixing or adding noqa; a plain check must not fix either.
+    write_nothing = mode.fix or mode.diff or mode.add_noqa
+    return process_source(source, display, settings, Mode(mode.fix, mode.unsafe, write_nothing, mode.add_noqa))
 
 
 def unified_diff(old: str, new: str, display: str) -> str:

@@ -7,6 +7,7 @@ Every mistake in a config file is a ``ConfigError`` naming the file and the key.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -16,6 +17,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequ
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 from pathspec import PathSpec
+from pathspec import util as pathspec_util
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +29,7 @@ CONFIG_FILES = ("mllint.toml", ".mllint.toml", "pyproject.toml")
 DEFAULT_EXCLUDE: Tuple[str, ...] = (
     ".bzr", ".direnv", ".eggs", ".git", ".git-rewrite", ".hg", ".ipynb_checkpoints",
     ".mypy_cache", ".nox", ".pants.d", ".pyenv", ".pytest_cache", ".pytype", ".ruff_cache",
-    ".mllint_cache", ".svn", ".tox", ".venv", ".vscode", "__pypackages__", "_build",
+    ".mllint_cache", ".svn", ".tox", ".venv", ".vscode", "__pycache__", "__pypackages__", "_build",
     "buck-out", "build", "dist", "node_modules", "site-packages", "venv",
 )
 
@@ -36,8 +38,21 @@ class ConfigError(Exception):
     """A mistake in configuration or on the command line: one line, exit code 2."""
 
 
-def _spec(patterns: Iterable[str]) -> PathSpec:
-    return PathSpec.from_lines("gitwildmatch", list(patterns))
+# pathspec >= 0.12 names gitignore semantics "gitignore" (1.x deprecates "gitwildmatch").
+_GITIGNORE = "gitignore" if "gitignore" in getattr(pathspec_util, "_registered_patterns", {}) else "gitwildmatch"
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(patterns: Tuple[str, ...]) -> PathSpec:
+    return PathSpec.from_lines(_GITIGNORE, patterns)
+
+
+def gitignore_spec(lines: Iterable[str]) -> PathSpec:
+    """A gitignore-style matcher (cached: the same pattern lists recur for every file)."""
+    return _compiled(tuple(lines))
+
+
+_spec = gitignore_spec
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,8 @@ class Settings:
 
     def is_excluded(self, path: str, is_dir: bool = False) -> bool:
         rel = self.relative(path)
+        if rel == ".":  # the root itself (a pattern such as `.*` would match `./`)
+            return False
         if is_dir:
             rel += "/"
         return _spec(self.exclude + self.extend_exclude).match_file(rel)
