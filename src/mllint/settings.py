@@ -52,9 +52,6 @@ def gitignore_spec(lines: Iterable[str]) -> PathSpec:
     return _compiled(tuple(lines))
 
 
-_spec = gitignore_spec
-
-
 @dataclass(frozen=True)
 class Settings:
     select: Optional[Tuple[str, ...]] = None  # None: the default rule set
@@ -93,7 +90,7 @@ class Settings:
             return False
         if is_dir:
             rel += "/"
-        return _spec(self.exclude + self.extend_exclude).match_file(rel)
+        return gitignore_spec(self.exclude + self.extend_exclude).match_file(rel)
 
     def ignored_for(self, path: str) -> FrozenSet[str]:
         """Codes (and prefixes) ignored for ``path`` through ``per-file-ignores``."""
@@ -102,7 +99,7 @@ class Settings:
         rel = self.relative(path)
         out: set = set()
         for pattern, codes in self.per_file_ignores:
-            if _spec([pattern]).match_file(rel):
+            if gitignore_spec([pattern]).match_file(rel):
                 out.update(codes)
         return frozenset(out)
 
