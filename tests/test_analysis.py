@@ -117,3 +117,125 @@ def test_reaching_assignment_is_the_last_one_before_the_use():
     use = call_named(ctx, "use(")
     chain = ctx.get(Assignments).trace(use.args[0].value)
     assert [ctx.code(step) for step in chain] == ["mask", "(src == PAD).to(device)", "(src == PAD)"]
+
+
+# -- Hugging Face receivers, batches, def-use ------------------------------------------------------
+
+from mllint.analysis.batches import Batches, Provenance  # noqa: E402
+from mllint.analysis.hf import DECODER_ONLY, ENCODER_DECODER, families, is_hf_model  # noqa: E402
+
+
+def _generate_receiver_kinds(code: str):
+    ctx = ctx_for(code)
+    call = next(c for c in ctx.nodes(cst.Call)
+                if isinstance(c.func, cst.Attribute) and c.func.attr.value == "generate")
+    return ctx.get(Instances).kinds(call.func.value, call)
+
+
+def test_hf_model_kinds_through_loaders_wrappers_and_attributes():
+    kinds = _generate_receiver_kinds("""
+        import transformers as tf
+        from peft import get_peft_model
+        model = tf.AutoModelForCausalLM.from_pretrained("m")
+        model = get_peft_model(model, cfg)
+        model = model.to("cuda")
+        model.eval()
+        out = model.generate(**x)
+    """)
+    assert kinds == {"transformers.AutoModelForCausalLM"}
+    assert families(kinds) == {DECODER_ONLY}
+    kinds = _generate_receiver_kinds("""
+        import lightning as L
+        from transformers import T5ForConditionalGeneration
+        class M(L.LightningModule):
+            def __init__(self):
+                self.model = T5ForConditionalGeneration.from_pretrained("t5-small")
+            def validation_step(self, batch, idx):
+                return self.model.generate(batch["input_ids"])
+    """)
+    assert families(kinds) == {ENCODER_DECODER}
+
+
+def test_home_grown_and_vllm_generate_are_not_hf():
+    assert not is_hf_model(_generate_receiver_kinds("""
+        class GPT:
+            def generate(self, idx): ...
+        model = GPT()
+        model.generate(x)
+    """))
+    assert not is_hf_model(_generate_receiver_kinds("""
+        from vllm import LLM
+        llm = LLM(model="m")
+        llm.generate(prompts)
+    """))
+    assert not is_hf_model(_generate_receiver_kinds("""
+        def run(model, x):
+            return model.generate(x)
+    """))
+
+
+def _origin(code: str):
+    ctx = ctx_for(code)
+    call = next(c for c in ctx.nodes(cst.Call)
+                if isinstance(c.func, cst.Attribute) and c.func.attr.value == "generate")
+    arg = call.args[0].value
+    return ctx, ctx.get(Batches).origin(arg)
+
+
+def test_batch_provenance():
+    cases = {
+        'inputs = tok(prompts, padding=True, return_tensors="pt").to(dev)\nm.generate(inputs.input_ids)':
+            Provenance.PADDED,
+        'inputs = tok(["a", "b"], padding="longest", return_tensors="pt")\nm.generate(inputs["input_ids"])':
+            Provenance.PADDED,
+        'inputs = tok([prompt], padding=True, return_tensors="pt")\nm.generate(inputs.input_ids)':
+            Provenance.SINGLE,
+        'inputs = tok(prompt, return_tensors="pt")\nm.generate(inputs.input_ids)': Provenance.SINGLE,
+        'for prompt in prompts:\n    ids = tok(prompt, padding=True, return_tensors="pt").input_ids\n'
+        '    m.generate(ids)': Provenance.SINGLE,
+        'for batch in eval_dataloader:\n    m.generate(batch["input_ids"])': Provenance.LOADER,
+        'for i, batch in enumerate(tqdm(loader)):\n    m.generate(batch["input_ids"])': Provenance.LOADER,
+        'def f(ids):\n    m.generate(ids)': Provenance.UNKNOWN,
+        'inputs = tok(texts, padding=pad_opt)\nm.generate(inputs.input_ids)': Provenance.UNKNOWN,
+    }
+    for code, expected in cases.items():
+        assert _origin(code)[1].provenance is expected, code
+    ctx, origin = _origin('enc = tokenizer(batch_texts, padding=True)\nids = enc.input_ids\nm.generate(ids)')
+    assert ctx.code(origin.encoding) == "enc" and ctx.code(origin.tokenizer) == "tokenizer"
+
+
+def test_step_hook_batch_and_padding_side():
+    ctx = ctx_for("""
+        class M(LightningModule):
+            def __init__(self):
+                self.tokenizer = AutoTokenizer.from_pretrained("x", padding_side="left")
+            def validation_step(self, batch, batch_idx):
+                self.tokenizer.padding_side = "right"
+                return self.model.generate(**batch)
+    """)
+    call = next(c for c in ctx.nodes(cst.Call) if ctx.code(c.func).endswith("generate"))
+    batches = ctx.get(Batches)
+    assert batches.origin(call.args[0].value).provenance is Provenance.LOADER
+    tokenizer = next(a for a in ctx.nodes(cst.Attribute) if ctx.code(a) == "self.tokenizer")
+    assert [side for side, _ in batches.padding_sides(tokenizer, call)] == ["left", "right"]
+
+
+def test_unsliced_root_and_derivation():
+    ctx = ctx_for("""
+        def step(model, src, tgt):
+            tgt = tgt.to(device)
+            emb = self.pos(self.embed(tgt) * scale)
+            out = model(src, tgt)
+            out2 = model(src, tgt[:-1])
+            loss = crit(out, batch["labels"].cuda())
+            out3 = model(src, emb)
+    """)
+    flow = ctx.get(Assignments)
+    calls = [c for c in ctx.nodes(cst.Call) if ctx.code(c.func) == "model"]
+    assert flow.unsliced_root(calls[0].args[1].value) == "tgt"
+    assert flow.unsliced_root(calls[1].args[1].value) is None
+    crit = next(c for c in ctx.nodes(cst.Call) if ctx.code(c.func) == "crit")
+    assert flow.unsliced_root(crit.args[1].value) == 'batch["labels"]'
+    emb_use = [n for n in ctx.nodes(cst.Name) if n.value == "emb"][-1]
+    derived = {ctx.code(e) for e in flow.derivation(emb_use)}
+    assert {"self.pos(self.embed(tgt) * scale)", "self.pos", "scale", "tgt"} <= derived

@@ -1,4 +1,5 @@
-"""Hugging Face facts of a module: how tokenizers' pad tokens are set and how labels are masked.
+"""Hugging Face facts of a module: what kind of model or tokenizer a receiver is, how tokenizers'
+pad tokens are set and how labels are masked.
 
 Each fact keeps the node it came from, so rules can report and fix at the right place and say
 which line supplied the evidence.
@@ -6,8 +7,9 @@ which line supplied the evidence.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Sequence
+from typing import TYPE_CHECKING, FrozenSet, Iterable, List, Optional, Sequence
 
 import libcst as cst
 
@@ -27,6 +29,74 @@ _CONFIG_RECEIVERS = ("config", "generation_config")
 DCLM = "transformers.DataCollatorForLanguageModeling"
 COMPLETION_ONLY = "trl.DataCollatorForCompletionOnlyLM"
 SFT_TRAINER = "trl.SFTTrainer"
+
+
+DECODER_ONLY = "decoder-only"
+ENCODER_DECODER = "encoder-decoder"
+
+# Model families whose ``*ForConditionalGeneration`` / ``*Model`` with an LM head is an
+# encoder-decoder (transformers/models/<family>/modeling_<family>.py, ``config.is_encoder_decoder``
+# True in their configuration classes, 4.x and 5.x). Every other ``*ForConditionalGeneration``
+# (Llava, PaliGemma, Qwen2-VL, Gemma 3, ...) is a decoder-only language model with a vision tower,
+# so it gets no family and the encoder-decoder-specific rules leave it alone.
+_ENCODER_DECODER_STEMS = frozenset({
+    "T5", "MT5", "UMT5", "LongT5", "SwitchTransformers", "Bart", "MBart", "PLBart", "Mvp",
+    "Pegasus", "PegasusX", "BigBirdPegasus", "Marian", "M2M100", "NllbMoe", "LED", "FSMT",
+    "ProphetNet", "XLMProphetNet", "Blenderbot", "BlenderbotSmall", "Whisper", "Speech2Text",
+    "Pix2Struct", "SeamlessM4T", "SeamlessM4Tv2", "EncoderDecoder", "VisionEncoderDecoder",
+    "SpeechEncoderDecoder",
+})
+_STEM = re.compile(r"^([A-Za-z0-9]+?)(ForConditionalGeneration|MTModel|WithLMHeadModel|Model)$")
+_ENCODER_DECODER_AUTO = frozenset({"AutoModelForSeq2SeqLM", "AutoModelForSpeechSeq2Seq",
+                                   "AutoPeftModelForSeq2SeqLM", "PeftModelForSeq2SeqLM"})
+
+
+def _last(kind: str) -> str:
+    return kind.rsplit(".", 1)[-1]
+
+
+def is_model_kind(kind: str) -> bool:
+    """A Hugging Face (or peft) model class: ``AutoModelForCausalLM``, ``T5ForConditionalGeneration``,
+    ``GPT2LMHeadModel``, ``PeftModel``. Not tokenizers, configs, collators, trainers."""
+    if not kind.startswith(("transformers.", "peft.")):
+        return False
+    last = _last(kind)
+    if last.startswith("DataCollator") or re.search(r"Tokeniz|Config|Processor|Trainer|Arguments|"
+                                                     r"Pipeline|Collator|Callback", last):
+        return False
+    return bool(re.search(r"(Model|For[A-Z][A-Za-z0-9]*)$", last))
+
+
+def model_family(kind: str) -> Optional[str]:
+    """``DECODER_ONLY``, ``ENCODER_DECODER``, or None when the class does not say."""
+    if not is_model_kind(kind):
+        return None
+    last = _last(kind)
+    if last in _ENCODER_DECODER_AUTO:
+        return ENCODER_DECODER
+    match = _STEM.match(last)
+    if match and match.group(1) in _ENCODER_DECODER_STEMS:
+        return ENCODER_DECODER
+    if last.endswith(("ForCausalLM", "LMHeadModel")):
+        return DECODER_ONLY
+    return None
+
+
+def families(kinds: Iterable[str]) -> FrozenSet[Optional[str]]:
+    """The families of every candidate kind (``None`` in it when some candidate says nothing)."""
+    return frozenset(model_family(k) for k in kinds)
+
+
+def is_hf_model(kinds: Iterable[str]) -> bool:
+    """Every candidate is a Hugging Face model (so ``generate`` is ``GenerationMixin.generate``)."""
+    kinds = list(kinds)
+    return bool(kinds) and all(is_model_kind(k) for k in kinds)
+
+
+def is_tokenizer_kind(kind: str) -> bool:
+    """``AutoTokenizer``, ``LlamaTokenizerFast``, ``AutoProcessor``, ``WhisperProcessor``, ..."""
+    last = _last(kind)
+    return kind.startswith("transformers.") and ("Tokenizer" in last or last.endswith("Processor"))
 
 
 def is_eos_expr(expr: cst.BaseExpression) -> bool:

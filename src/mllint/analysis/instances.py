@@ -9,9 +9,18 @@ Answers come from constructor calls the module can see:
   ``for layer in self.layers``;
 - a class defined in the module that subclasses a known class without overriding ``forward``.
 
+Hugging Face objects are recognised by how they are made: ``X.from_pretrained(...)``,
+``X.from_config(...)``, ``X.from_encoder_decoder_pretrained(...)`` or ``X(...)`` of a class of
+``transformers``, ``peft`` or ``trl`` gives the kind ``transformers.X``. Wrappers keep the kind of
+what they wrap: ``get_peft_model(m, cfg)``, ``PeftModel.from_pretrained(m, path)``,
+``prepare_model_for_kbit_training(m)``, ``torch.compile(m)``, and module methods that return the
+module (``m.to(device)``, ``m.eval()``, ``m.half()``, ``m.merge_and_unload()``). What a kind *means*
+(a decoder-only model, a tokenizer, ...) is asked of ``mllint.analysis.hf``.
+
 The answer is a set of canonical class names; ``UNKNOWN`` is in it when some assignment is not a
 constructor the analysis understands. Rules act only when every candidate is one they know, so an
-attribute re-bound to something else keeps them silent.
+attribute re-bound to something else keeps them silent. A home-grown model class (a minimal GPT
+with its own ``generate``) or vLLM's ``LLM`` is never a Hugging Face kind.
 """
 
 from __future__ import annotations
@@ -28,6 +37,18 @@ if TYPE_CHECKING:
 UNKNOWN = "?"
 Scope = Union[cst.FunctionDef, cst.Module]
 _CONTAINERS = ("torch.nn.ModuleList", "torch.nn.Sequential")
+# Class methods that build an instance of their class.
+LOADERS = frozenset({"from_pretrained", "from_config", "from_encoder_decoder_pretrained",
+                     "from_single_file"})
+# Libraries whose every public class is a kind in its own right (by canonical name).
+_CLASS_LIBRARIES = ("transformers.", "peft.", "trl.", "torch.nn.")
+# Functions returning (a wrapper of) their first argument's module.
+_WRAPPERS = frozenset({"peft.get_peft_model", "peft.prepare_model_for_kbit_training",
+                       "peft.PeftModel.from_pretrained", "peft.PeftModelForCausalLM.from_pretrained",
+                       "peft.PeftModelForSeq2SeqLM.from_pretrained", "torch.compile"})
+# Module methods returning the module itself (or the same model, for peft's merge).
+_SELF_METHODS = frozenset({"to", "cuda", "cpu", "eval", "train", "half", "float", "bfloat16",
+                           "double", "requires_grad_", "merge_and_unload", "to_bettertransformer"})
 
 
 def _assigned_pairs(node: cst.CSTNode):
@@ -62,7 +83,7 @@ class Instances:
             for node in ctx.nodes(kind):
                 for target, value in _assigned_pairs(node):
                     self._record(node, target, value)
-        self.loop_targets: Dict[cst.Name, cst.BaseExpression] = {}
+        self._visiting: Set[object] = set()
         for loop in ctx.nodes(cst.For):
             if isinstance(loop.target, cst.Name):
                 self._record(loop, loop.target, _IterOf(loop.iter))
@@ -85,23 +106,43 @@ class Instances:
         """Canonical class names ``expr`` may be an instance of, seen from node ``at``."""
         at = at or expr
         if isinstance(expr, cst.Name):
-            values = self.scope_values.get(self._scope(at), {}).get(expr.value)
-            if values is None and self._scope(at) is not self.ctx.module:
-                values = self.scope_values.get(self.ctx.module, {}).get(expr.value)
-            return self._kinds_of_values(values, at)
+            scope = self._scope(at)
+            values = self.scope_values.get(scope, {}).get(expr.value)
+            if values is None and scope is not self.ctx.module:
+                scope = self.ctx.module
+                values = self.scope_values.get(scope, {}).get(expr.value)
+            return self._guarded((scope, expr.value), values, at)
         if isinstance(expr, cst.Attribute):
             if isinstance(expr.value, cst.Name) and expr.value.value == "self":
                 cls = self.ctx.enclosing(at, cst.ClassDef)
                 values = self.attr_values.get(cls, {}).get(expr.attr.value) if cls else None
-                return self._kinds_of_values(values, at)
+                return self._guarded((cls, expr.attr.value), values, at)
             owner = self.kinds(expr.value, at)
             members = {MEMBER_TYPES.get(k, {}).get(expr.attr.value) for k in owner}
             if owner and None not in members:
                 return frozenset(m for m in members if m)
             return frozenset({UNKNOWN})
         if isinstance(expr, cst.Call):
-            return self.constructed(expr)
+            return self.constructed(expr, at)
         return frozenset({UNKNOWN})
+
+    def values(self, name: str, at: cst.CSTNode) -> List[cst.BaseExpression]:
+        """Every value assigned to the local ``name`` in the scope of ``at`` (else the module)."""
+        found = self.scope_values.get(self._scope(at), {}).get(name)
+        if found is None:
+            found = self.scope_values.get(self.ctx.module, {}).get(name, [])
+        return [v for v in found if isinstance(v, cst.BaseExpression)]
+
+    def _guarded(self, key, values, at: cst.CSTNode) -> FrozenSet[str]:
+        """Kinds of a variable's values; a value that refers back to the variable itself
+        (``model = model.to(device)``) adds nothing instead of recursing."""
+        if key in self._visiting:
+            return frozenset()
+        self._visiting.add(key)
+        try:
+            return self._kinds_of_values(values, at)
+        finally:
+            self._visiting.discard(key)
 
     def _kinds_of_values(self, values, at: cst.CSTNode) -> FrozenSet[str]:
         if not values:
@@ -111,16 +152,33 @@ class Instances:
             if isinstance(value, _IterOf):
                 out |= self.element_kinds(value.iterable, at)
             elif isinstance(value, cst.Call):
-                out |= self.constructed(value)
+                out |= self.constructed(value, at)
+            elif isinstance(value, (cst.Name, cst.Attribute)):
+                out |= self.kinds(value, at)
             else:
                 out.add(UNKNOWN)
         return frozenset(out)
 
-    def constructed(self, call: cst.Call) -> FrozenSet[str]:
-        """The class a constructor call makes (``UNKNOWN`` for anything else)."""
-        if isinstance(call.func, cst.Name) and call.func.value in self.local_classes:
-            return self.local_classes[call.func.value]
-        candidates = {c for c in self.ctx.names.resolve(call.func) if c in _known_classes()}
+    def constructed(self, call: cst.Call, at: Optional[cst.CSTNode] = None) -> FrozenSet[str]:
+        """The class a constructor, loader or wrapper call makes (``UNKNOWN`` for anything else)."""
+        at = at or call
+        func = call.func
+        if isinstance(func, cst.Name) and func.value in self.local_classes:
+            return self.local_classes[func.value]
+        names = self.ctx.names.resolve(func)
+        wrappers = names & _WRAPPERS
+        if wrappers and call.args and call.args[0].keyword is None and not call.args[0].star:
+            inner = self.kinds(call.args[0].value, at)
+            if UNKNOWN in inner and any(w.startswith("peft.") for w in wrappers):
+                return frozenset({"peft.PeftModel"})  # a peft model around an unknown base
+            return inner
+        if isinstance(func, cst.Attribute):
+            if func.attr.value in LOADERS:
+                owners = {n for n in self.ctx.names.resolve(func.value) if _is_library_class(n)}
+                return frozenset(owners) if owners else frozenset({UNKNOWN})
+            if func.attr.value in _SELF_METHODS and not names:
+                return self.kinds(func.value, at)
+        candidates = {c for c in names if c in _known_classes() or _is_library_class(c)}
         return frozenset(candidates) if candidates else frozenset({UNKNOWN})
 
     def element_kinds(self, iterable: cst.BaseExpression, at: cst.CSTNode) -> FrozenSet[str]:
@@ -165,6 +223,14 @@ class _IterOf:
 
     def __init__(self, iterable: cst.BaseExpression) -> None:
         self.iterable = iterable
+
+
+def _is_library_class(name: str) -> bool:
+    """``transformers.AutoModelForCausalLM``, ``peft.PeftModel``, ``torch.nn.Embedding``, ..."""
+    if not name.startswith(_CLASS_LIBRARIES):
+        return False
+    last = name.rsplit(".", 1)[-1]
+    return last[:1].isupper()
 
 
 def _known_classes() -> FrozenSet[str]:

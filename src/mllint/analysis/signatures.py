@@ -28,19 +28,29 @@ class Signature:
 @dataclass
 class Binding:
     args: Dict[str, cst.Arg] = field(default_factory=dict)
+    # Keyword arguments that land in the callee's ``**kwargs`` (``generate(attention_mask=...)``).
+    kwargs: Dict[str, cst.Arg] = field(default_factory=dict)
     # A ``*x`` or ``**x`` in the call: parameters not in ``args`` may still be bound.
     opaque: bool = False
     extra: List[cst.Arg] = field(default_factory=list)  # arguments that bind to no parameter
 
+    def arg(self, name: str) -> Optional[cst.Arg]:
+        """The argument bound to parameter ``name``, or passed as ``name=`` into ``**kwargs``."""
+        return self.args.get(name) or self.kwargs.get(name)
+
     def value(self, name: str) -> Optional[cst.BaseExpression]:
-        arg = self.args.get(name)
+        arg = self.arg(name)
         return None if arg is None else arg.value
 
     def passed(self, name: str) -> bool:
-        return name in self.args
+        return self.arg(name) is not None
 
     def maybe_passed(self, name: str) -> bool:
-        return name in self.args or self.opaque
+        return self.passed(name) or self.opaque
+
+    def splats(self, call: cst.Call) -> List[cst.BaseExpression]:
+        """The ``x`` of every ``**x`` in ``call``."""
+        return [a.value for a in call.args if a.star == "**"]
 
     def is_keyword(self, name: str) -> bool:
         arg = self.args.get(name)
@@ -61,6 +71,8 @@ def bind(call: cst.Call, signature: Signature) -> Binding:
             name = arg.keyword.value
             if name in signature.params or name in signature.keyword_only:
                 binding.args[name] = arg
+            elif signature.varkw:
+                binding.kwargs[name] = arg
             else:
                 binding.extra.append(arg)
         elif positional_known and position < len(signature.params):
@@ -117,6 +129,32 @@ CALLS: Dict[str, Signature] = {
         "dropout", "activation", "custom_encoder", "custom_decoder", "layer_norm_eps",
         "batch_first", "norm_first", "bias", "device", "dtype")),
 }
+
+# transformers generation/utils.py, ``GenerationMixin.generate`` (5.23.0; 4.46-4.57 the same
+# without ``custom_generate``). Everything else (``input_ids``, ``attention_mask``,
+# ``pad_token_id``, ``max_new_tokens``, ``decoder_input_ids``, ...) goes through ``**kwargs`` into
+# the generation config or the model inputs.
+GENERATE = Signature((
+    "inputs", "generation_config", "logits_processor", "stopping_criteria",
+    "prefix_allowed_tokens_fn", "synced_gpus", "assistant_model", "streamer",
+    "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate",
+), varkw=True)
+# Tokenizer ``__call__`` (tokenization_utils_base.py, ``PreTrainedTokenizerBase.__call__``, 4.30 to
+# 5.23): ``text`` first, then ``text_pair``, ``text_target``, ``text_pair_target``,
+# ``add_special_tokens``, ``padding``, ... ; only the first two are ever passed positionally.
+TOKENIZER_CALL = Signature(("text", "text_pair", "text_target", "text_pair_target",
+                            "add_special_tokens", "padding", "truncation", "max_length"), varkw=True)
+
+CALLS.update({
+    # generation/configuration_utils.py: ``GenerationConfig.__init__(self, **kwargs)``.
+    "transformers.GenerationConfig": Signature((), varkw=True),
+    # data/data_collator.py, a dataclass with the same field order from 4.30 to 5.23.
+    "transformers.DataCollatorForSeq2Seq": Signature((
+        "tokenizer", "model", "padding", "max_length", "pad_to_multiple_of", "label_pad_token_id",
+        "return_tensors")),
+    "transformers.DataCollatorWithPadding": Signature((
+        "tokenizer", "padding", "max_length", "pad_to_multiple_of", "return_tensors")),
+})
 
 # Attributes of known classes that hold instances of other known classes.
 MEMBER_TYPES: Dict[str, Dict[str, str]] = {

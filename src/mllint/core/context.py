@@ -27,6 +27,7 @@ class NodeIndex(cst.CSTVisitor):
         self.by_type: Dict[type, List[cst.CSTNode]] = {}
         self.parent: Dict[cst.CSTNode, cst.CSTNode] = {}
         self.order: Dict[cst.CSTNode, int] = {}
+        self.end: Dict[cst.CSTNode, int] = {}  # order of the last node inside (the node itself if a leaf)
         self._stack: List[cst.CSTNode] = []
 
     def on_visit(self, node: cst.CSTNode) -> bool:
@@ -38,6 +39,7 @@ class NodeIndex(cst.CSTVisitor):
         return True
 
     def on_leave(self, original_node: cst.CSTNode) -> None:
+        self.end[original_node] = len(self.order) - 1
         self._stack.pop()
 
 
@@ -72,6 +74,11 @@ class Context:
     def order(self, node: cst.CSTNode) -> int:
         """Position of ``node`` in a pre-order walk: smaller means earlier in the source."""
         return self._ensure_index().order[node]
+
+    def end_order(self, node: cst.CSTNode) -> int:
+        """``order`` of the last node inside ``node``: ``a`` ends before ``b`` starts when
+        ``end_order(a) < order(b)``."""
+        return self._ensure_index().end[node]
 
     def ancestors(self, node: cst.CSTNode) -> Iterable[cst.CSTNode]:
         parent = self.parent(node)

@@ -1,0 +1,1 @@
+"""Rules about Hugging Face ``generate()`` (MLL2xx)."""
