@@ -62,7 +62,10 @@ def test_selection_resolution():
     assert "MLL101" in enabled_codes(Settings(), rules)
     assert "MLL901" not in enabled_codes(Settings(), rules)  # off by default
     assert "MLL901" in enabled_codes(Settings(extend_select=("MLL901",)), rules)
-    assert enabled_codes(Settings(select=("MLL3",)), rules) == ["MLL302"]
+    assert enabled_codes(Settings(select=("MLL30",), ignore=("MLL301", "MLL303", "MLL304", "MLL305")),
+                         rules) == ["MLL302"]
+    assert enabled_codes(Settings(select=("MLL3",)), rules) == sorted(
+        code for code, rule in rules.items() if code.startswith("MLL3") and rule.default_enabled)
     # The more specific selector wins; on a tie, ignore wins.
     assert "MLL101" in enabled_codes(Settings(select=("MLL101",), ignore=("MLL1",)), rules)
     assert "MLL101" not in enabled_codes(Settings(select=("MLL1",), ignore=("MLL1",)), rules)
@@ -167,3 +170,12 @@ def test_diagnostics_are_sorted_and_carry_noqa_rows():
     (diag,) = lint_source(source, "t.py", Settings())
     assert diag.location.row == 2 and diag.noqa_row == 3  # a comment cannot follow the backslash
     assert codes(source.replace("tok.eos_token\n", "tok.eos_token  # noqa: MLL101\n", 1)) == []
+
+
+def test_syntax_warnings_of_checked_code_are_not_printed():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lint_source("x = 1if y else 2\n", "t.py", Settings()) == []
+    assert not [w for w in caught if issubclass(w.category, SyntaxWarning)]

@@ -20,6 +20,7 @@ def _cases(kind):
 
 @pytest.mark.parametrize("rule, case", list(_cases("VALID")))
 def test_valid(rule, case):
+    compile(case.code, "case.py", "exec")  # a case that does not parse would test nothing
     settings = case_settings(rule, case.settings)
     found = [d for d in lint_source(case.code, "case.py", settings) if d.code == rule.code]
     assert found == [], f"{rule.code} fired on valid code:\n{case.code}\n{found}"
@@ -27,6 +28,8 @@ def test_valid(rule, case):
 
 @pytest.mark.parametrize("rule, case", list(_cases("INVALID")))
 def test_invalid(rule, case):
+    if rule.source_cases and rule.code != "MLL902":  # MLL902's cases are syntax errors
+        compile(case.code, "case.py", "exec")
     settings = case_settings(rule, case.settings)
     found = [d for d in lint_source(case.code, "case.py", settings) if d.code == rule.code]
     assert len(found) == case.count, f"expected {case.count} x {rule.code}, got {found}\n{case.code}"

@@ -17,6 +17,7 @@ import click
 from mllint import __version__
 from mllint.core.registry import default_registry
 from mllint.output import FORMATS, renderer
+from mllint.output.progress import Progress
 from mllint.output.text import RenderOptions
 from mllint.runner import FileResult, Mode, discover, process_file, process_stdin
 from mllint.settings import ConfigError, ConfigResolver, Settings, enabled_codes, normalize_codes, parse_version, validate_selectors
@@ -78,6 +79,7 @@ def _target_versions(values: Sequence[str]) -> Dict[str, Any]:
 @click.option("--stdin-filename", metavar="PATH", help="The path standard input stands for (with `-`).")
 @click.option("--force-exclude", is_flag=True, help="Apply excludes to files named explicitly, too.")
 @click.option("--preview", is_flag=True, default=None, help="Enable preview rules.")
+@click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
 @click.option("--show-settings", is_flag=True, help="Print the resolved settings and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="Print findings only, no summary.")
 def check(paths: Tuple[str, ...], **options: Any) -> None:
@@ -142,10 +144,15 @@ def _check(paths: Tuple[str, ...], options: Dict[str, Any]) -> int:
             sys.stdout.flush()
     else:
         files = discover(paths, resolver, options["force_exclude"])
-        for path in files:
-            settings = resolver.for_path(path)
-            mode = Mode(fix=fix, unsafe=settings.unsafe_fixes, diff=diff, add_noqa=options["add_noqa"])
-            results.append(process_file(path, settings, mode))
+        progress = Progress(len(files), enabled=None if not options["quiet"] else False)
+        try:
+            for done, path in enumerate(files, 1):
+                settings = resolver.for_path(path)
+                mode = Mode(fix=fix, unsafe=settings.unsafe_fixes, diff=diff, add_noqa=options["add_noqa"])
+                results.append(process_file(path, settings, mode))
+                progress.update(done)
+        finally:
+            progress.finish()
 
     unsafe_shown = bool(options["unsafe_fixes"])
     if results:  # `unsafe-fixes = true` in the config shows unsafe fixes as fixable, too
@@ -179,11 +186,16 @@ def _report(results: List[FileResult], options: Dict[str, Any], *, fix: bool, fi
         return 2 if internal else (1 if fixed else 0)
     shown = results
     if fix_only:
-        shown = [FileResult(r.path, [d for d in r.diagnostics if d.code.startswith("MLL90") or d.code == INTERNAL_ERROR],
-                            r.source) for r in results]
+        shown = [r.with_diagnostics([d for d in r.diagnostics if d.code.startswith("MLL90") or d.code == INTERNAL_ERROR])
+                 for r in results]
     remaining = sum(len(r.diagnostics) for r in shown)
-    text = renderer(fmt)(shown, render_options)
-    if fmt == "json" or text:
+    if options["statistics"]:
+        from mllint.output.statistics import render_statistics
+
+        text = render_statistics(shown, render_options, as_json=fmt == "json")
+    else:
+        text = renderer(fmt)(shown, render_options)
+    if text:
         _emit(text, options["output_file"], to_stderr=stdin_fixed)
     if not quiet:
         _summary(shown, remaining, fixed, fix, unsafe)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from pathspec import PathSpec
 
@@ -19,10 +19,14 @@ from mllint.core.engine import fix_source, lint_source, system_diagnostic
 from mllint.core.locator import Locator
 from mllint.core.suppression import parse_suppressions
 from mllint.settings import ConfigError, ConfigResolver, Settings, gitignore_spec
+from mllint.sources.notebook import (
+    CellInfo, Notebook, fix_notebook, is_notebook, lint_notebook, parse_notebook, read_notebook)
 from mllint.sources.python import SourceError, SourceFile, decode, read_source, write_source
 
 PYTHON_SUFFIXES = (".py",)
-ALWAYS_ENGINE_CODES = ("MLL902", "MLL903", "MLL904", "MLL999")
+NOTEBOOK_SUFFIXES = (".ipynb",)
+SOURCE_SUFFIXES = PYTHON_SUFFIXES + NOTEBOOK_SUFFIXES  # what directories are searched for
+ALWAYS_ENGINE_CODES = ("MLL902", "MLL903", "MLL904", "MLL905", "MLL999")
 
 
 @dataclass
@@ -33,6 +37,26 @@ class FileResult:
     fixed: int = 0  # number of fixes applied (or that would be, with --diff)
     diff: Optional[str] = None
     noqa_added: int = 0
+    # Notebooks: every code cell's source and the file lines of its rows, by cell number.
+    cells: Optional[Dict[int, CellInfo]] = None
+
+    def with_diagnostics(self, diagnostics: List[Diagnostic]) -> "FileResult":
+        return replace(self, diagnostics=diagnostics)
+
+    def source_of(self, diag: Diagnostic) -> Optional[str]:
+        """The text ``diag``'s rows refer to: its cell's source in a notebook, else the file's."""
+        if diag.cell is not None and self.cells is not None:
+            info = self.cells.get(diag.cell)
+            return info.source if info is not None else None
+        return self.source
+
+    def file_row(self, diag: Diagnostic, end: bool = False) -> int:
+        """The line of the file itself: in a notebook, the line of its JSON text that holds the
+        cell's row (what a diff of the file, and so a code-review annotation, shows)."""
+        row = (diag.end_location if end else diag.location).row
+        if diag.cell is not None and self.cells is not None and diag.cell in self.cells:
+            return self.cells[diag.cell].file_row(row)
+        return row
 
 
 def display_path(path: Path) -> str:
@@ -165,7 +189,7 @@ def _walk(root: Path, resolver: ConfigResolver, gitignores: _GitIgnores) -> Iter
             if is_dir:
                 if not _excluded(path, True, settings, gitignores, top):
                     subdirs.append(path)
-            elif entry.name.endswith(PYTHON_SUFFIXES) and not _excluded(path, False, settings, gitignores, top):
+            elif entry.name.endswith(SOURCE_SUFFIXES) and not _excluded(path, False, settings, gitignores, top):
                 yield path
         stack.extend(reversed(subdirs))
 
@@ -206,6 +230,64 @@ def process_source(source: SourceFile, display: str, settings: Settings, mode: M
     return result
 
 
+def process_notebook(notebook: Notebook, display: str, settings: Settings, mode: Mode) -> FileResult:
+    """``process_source`` for a notebook: diagnostics are located in cells, fixes and ``# noqa``
+    directives are written into the cells (nothing is written in diff mode)."""
+    if not notebook.python:  # an R, Julia, ... notebook: nothing to check
+        return FileResult(display, [], notebook.text, cells={})
+    try:
+        return _process_notebook(notebook, display, settings, mode)
+    except SourceError as error:  # the splice check failed: report, write nothing
+        return FileResult(display, [system_diagnostic(error.code, error.message)], notebook.text)
+
+
+def _notebook_guard(display: str, work: Callable[[], FileResult]) -> FileResult:
+    """Run ``work``; a bug in the notebook adapter becomes MLL999 for this file, and the run goes
+    on (``MLLINT_DEBUG=1`` lets it raise)."""
+    try:
+        return work()
+    except SourceError as error:
+        return _error_result(display, error)
+    except Exception as exc:
+        if os.environ.get("MLLINT_DEBUG"):
+            raise
+        return FileResult(display, [system_diagnostic(
+            "MLL999", f"internal error on notebook {display}: {type(exc).__name__}: {exc}; please report this bug")])
+
+
+def _process_notebook(notebook: Notebook, display: str, settings: Settings, mode: Mode) -> FileResult:
+    view = notebook.view
+    if mode.add_noqa:
+        diagnostics = lint_source(view.text, display, settings)
+        sources, added = view.apply(noqa_edits(view.text, diagnostics), skip_outside=True)
+        new_text = notebook.render(sources)
+        result = FileResult(display, [], new_text, noqa_added=added)
+        if added and not mode.diff:
+            _write(notebook.source, new_text, result)
+        return result
+    if not (mode.fix or mode.diff):
+        return FileResult(display, lint_notebook(notebook, display, settings), notebook.text,
+                          cells=notebook.cell_info())
+    fixed = fix_notebook(notebook, display, settings, unsafe=mode.unsafe)
+    if not fixed.sources:
+        return FileResult(display, list(fixed.remaining), notebook.text, fixed=len(fixed.applied),
+                          cells=notebook.cell_info())
+    new_text = notebook.render(fixed.sources)
+    new_notebook = parse_notebook(new_text.encode("utf-8"), notebook.path)
+    result = FileResult(display, list(fixed.remaining), new_text, fixed=len(fixed.applied),
+                        cells=new_notebook.cell_info())
+    if mode.diff:
+        result.diff = notebook_diff(notebook.sources, fixed.sources, display)
+    else:
+        _write(notebook.source, new_text, result)
+    return result
+
+
+def notebook_diff(old: Dict[int, str], new: Dict[int, str], display: str) -> str:
+    """A unified diff per changed cell, headed ``a/PATH:cell N`` / ``b/PATH:cell N``."""
+    return "".join(unified_diff(old[n], new[n], f"{display}:cell {n}") for n in sorted(new))
+
+
 def _write(source: SourceFile, text: str, result: FileResult) -> None:
     try:
         write_source(source, text)
@@ -217,6 +299,8 @@ def _write(source: SourceFile, text: str, result: FileResult) -> None:
 
 def process_file(path: Path, settings: Settings, mode: Mode) -> FileResult:
     display = display_path(path)
+    if is_notebook(str(path)):
+        return _notebook_guard(display, lambda: process_notebook(read_notebook(str(path)), display, settings, mode))
     try:
         source = read_source(str(path))
     except SourceError as error:
@@ -225,15 +309,19 @@ def process_file(path: Path, settings: Settings, mode: Mode) -> FileResult:
 
 
 def process_stdin(data: bytes, display: str, settings: Settings, mode: Mode) -> FileResult:
-    """Standard input: fixes are returned in ``result.source`` and never written."""
+    """Standard input: fixes are returned in ``result.source`` and never written (a
+    ``--stdin-filename`` ending in ``.ipynb`` reads a notebook)."""
+    # Never write (diff mode) when fixing or adding noqa; a plain check must not fix either.
+    write_nothing = mode.fix or mode.diff or mode.add_noqa
+    stdin_mode = Mode(mode.fix, mode.unsafe, write_nothing, mode.add_noqa)
+    if is_notebook(display):
+        return _notebook_guard(display, lambda: process_notebook(parse_notebook(data, display), display, settings, stdin_mode))
     try:
         text, encoding, bom = decode(data)
     except SourceError as error:
         return _error_result(display, error)
     source = SourceFile(display, text, encoding, bom, data)
-    # Never write (diff mode) when fixing or adding noqa; a plain check must not fix either.
-    write_nothing = mode.fix or mode.diff or mode.add_noqa
-    return process_source(source, display, settings, Mode(mode.fix, mode.unsafe, write_nothing, mode.add_noqa))
+    return process_source(source, display, settings, stdin_mode)
 
 
 def unified_diff(old: str, new: str, display: str) -> str:
@@ -247,6 +335,14 @@ def unified_diff(old: str, new: str, display: str) -> str:
 
 def add_noqa(source: str, diagnostics: Iterable[Diagnostic]) -> Tuple[str, int]:
     """Add ``# noqa: CODE`` for every diagnostic, merging into existing directives."""
+    edits = noqa_edits(source, diagnostics)
+    for start, end, content in sorted(edits, reverse=True):
+        source = source[:start] + content + source[end:]
+    return source, len(edits)
+
+
+def noqa_edits(source: str, diagnostics: Iterable[Diagnostic]) -> List[Tuple[int, int, str]]:
+    """The edits ``add_noqa`` makes: (start, end, content), at most one per line."""
     locator = Locator(source)
     suppressions = parse_suppressions(source, locator)
     wanted: Dict[int, List[str]] = {}
@@ -271,6 +367,4 @@ def add_noqa(source: str, diagnostics: Iterable[Diagnostic]) -> Tuple[str, int]:
             stripped = line.rstrip()
             at = end - (len(line) - len(stripped))
             edits.append((at, end, "  # noqa: " + ", ".join(sorted(codes))))
-    for start, end, content in sorted(edits, reverse=True):
-        source = source[:start] + content + source[end:]
-    return source, len(edits)
+    return edits

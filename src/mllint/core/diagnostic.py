@@ -71,6 +71,9 @@ class Diagnostic:
     # Character offsets of the reported range, for front ends that work on offsets.
     start: int = field(default=0, compare=False)
     end: int = field(default=0, compare=False)
+    # Notebooks: the 1-based number of the cell the diagnostic is in (counting every cell); its
+    # rows are then relative to that cell. Set by the notebook adapter, never by the core.
+    cell: Optional[int] = None
 
     def sort_key(self) -> tuple:
         return (self.location, self.end_location, self.code, self.message)

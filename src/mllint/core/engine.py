@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ast
 import traceback
+import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Type
+from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import libcst as cst
 
@@ -70,9 +71,16 @@ def _parse(source: str, locator: Locator, registry: Registry) -> Tuple[Optional[
         return None, system_diagnostic(INVALID_SYNTAX, f"the file is {kind} to parse", registry=registry)
 
 
+def _compile_quietly(source: str) -> None:
+    """CPython's parser, without the ``SyntaxWarning``s it prints for the user's code."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compile(source, "<mllint>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+
+
 def _python_syntax_error(source: str) -> Optional[Tuple[str, int, int]]:
     try:
-        compile(source, "<mllint>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+        _compile_quietly(source)
     except SyntaxError as exc:
         return exc.msg, max(exc.lineno or 1, 1), max(exc.offset or 1, 1)
     except (ValueError, RecursionError, MemoryError):
@@ -135,7 +143,7 @@ def _cheap_syntax_check(source: str, locator: Locator, registry: Registry) -> Op
     if early is not None:
         return early
     try:
-        compile(source, "<mllint>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+        _compile_quietly(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return _parse(source, locator, registry)[1]
     return None
@@ -231,8 +239,12 @@ def _overlaps(a: Tuple[int, int], b: Tuple[int, int]) -> bool:
 
 
 def fix_source(source: str, path: str = "<stdin>", settings: Optional[Settings] = None,
-               unsafe: Optional[bool] = None, registry: Optional[Registry] = None) -> FixResult:
+               unsafe: Optional[bool] = None, registry: Optional[Registry] = None,
+               only: Optional[Collection[str]] = None) -> FixResult:
     """Apply fixes until none is left (at most ``MAX_FIX_ITERATIONS`` passes).
+
+    ``only``: apply only the fixes of these codes (every selected rule still runs, so
+    suppressions and MLL901 see the whole selection; used by the per-rule codemods).
 
     A pass whose result does not parse is thrown away and reported as an internal error of the
     rule that produced it, so the returned source always parses when the input did.
@@ -246,7 +258,8 @@ def fix_source(source: str, path: str = "<stdin>", settings: Optional[Settings] 
     for _ in range(MAX_FIX_ITERATIONS):
         if any(d.code == INVALID_SYNTAX for d in diagnostics):
             break
-        new_text, used = apply_fixes(text, diagnostics, unsafe)
+        candidates = diagnostics if only is None else [d for d in diagnostics if d.code in only]
+        new_text, used = apply_fixes(text, candidates, unsafe)
         if not used or new_text == text:
             break
         new_diagnostics = lint_source(new_text, path, settings, registry)

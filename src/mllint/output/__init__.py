@@ -1,17 +1,29 @@
-"""Output formats: one module per format, each a function of the results."""
+"""Output formats: one module per format, each a function ``render(results, options) -> str``.
+
+``results`` are ``runner.FileResult``s; ``options`` a ``text.RenderOptions``.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import importlib
+from typing import Callable, Dict, Tuple
 
-FORMATS = ("full", "concise", "json")
+# name -> (module, function); modules are imported only when their format is used.
+RENDERERS: Dict[str, Tuple[str, str]] = {
+    "full": ("mllint.output.text", "render_full"),
+    "concise": ("mllint.output.text", "render_concise"),
+    "json": ("mllint.output.json", "render"),
+    "json-lines": ("mllint.output.json_lines", "render"),
+    "sarif": ("mllint.output.sarif", "render"),
+    "github": ("mllint.output.github", "render"),
+    "gitlab": ("mllint.output.gitlab", "render"),
+    "junit": ("mllint.output.junit", "render"),
+    "grouped": ("mllint.output.grouped", "render"),
+    "pylint": ("mllint.output.pylint", "render"),
+}
+FORMATS = tuple(RENDERERS)
 
 
 def renderer(name: str) -> Callable:
-    if name == "json":
-        from mllint.output.json import render
-    elif name == "concise":
-        from mllint.output.text import render_concise as render
-    else:
-        from mllint.output.text import render_full as render
-    return render
+    module, function = RENDERERS[name]
+    return getattr(importlib.import_module(module), function)

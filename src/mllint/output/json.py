@@ -1,4 +1,8 @@
-"""``json``: an array of diagnostics with ruff's field names, so tools that read ruff read it."""
+"""``json``: an array of diagnostics with ruff's field names, so tools that read ruff read it.
+
+In a notebook, ``cell`` is the 1-based cell number and every row (also in ``fix.edits`` and
+``noqa_row``) is relative to the cell; elsewhere ``cell`` is null.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ def diagnostic_json(diag: Diagnostic, filename: str, cell: Optional[int] = None)
             ],
         }
     return {
-        "cell": cell,
+        "cell": cell if cell is not None else diag.cell,
         "code": diag.code,
         "name": diag.name,
         "message": diag.message,
@@ -40,9 +44,14 @@ def diagnostic_json(diag: Diagnostic, filename: str, cell: Optional[int] = None)
     }
 
 
+def json_filename(path: str) -> str:
+    """The ``filename`` field: absolute, except standard input (``-``)."""
+    return path if path == "-" or path.startswith("<") else os.path.abspath(path)
+
+
 def render(results: Sequence, options: Any) -> str:
     items: List[Dict[str, Any]] = []
     for result in results:
-        filename = result.path if result.path == "-" or result.path.startswith("<") else os.path.abspath(result.path)
+        filename = json_filename(result.path)
         items.extend(diagnostic_json(d, filename) for d in result.diagnostics)
     return json.dumps(items, indent=2, ensure_ascii=False) + "\n"

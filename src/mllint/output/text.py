@@ -1,14 +1,19 @@
-"""Human-readable formats: ``full`` (code frame and help) and ``concise`` (one line each)."""
+"""Human-readable formats: ``full`` (code frame and help) and ``concise`` (one line each).
+
+In a notebook the position reads ``path.ipynb:cell 3:2:5:`` (cell 3, row 2 of the cell, column 5)
+and the code frame shows the cell's own lines.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import click
 
 from mllint.core.diagnostic import Applicability, Diagnostic
 from mllint.core.locator import Locator
+from mllint.output.common import position
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ def _fix_mark(diag: Diagnostic, options: RenderOptions) -> str:
 
 
 def headline(path: str, diag: Diagnostic, options: RenderOptions) -> str:
-    location = f"{diag.location.row}:{diag.location.column}:"
+    location = f"{position(diag)}:"
     code = _style(diag.code, options, fg="red", bold=True)
     return (f"{_style(path, options, bold=True)}:{location} {code} "
             f"{_fix_mark(diag, options)}{diag.message}")
@@ -73,9 +78,13 @@ def _notes(diag: Diagnostic, options: RenderOptions) -> List[str]:
 def render_full(results: Sequence, options: RenderOptions) -> str:
     out: List[str] = []
     for result in results:
-        locator: Optional[Locator] = Locator(result.source) if result.source is not None else None
+        locators: Dict[Optional[int], Optional[Locator]] = {}
         for diag in result.diagnostics:
             out.append(headline(result.path, diag, options))
+            if diag.cell not in locators:
+                text = result.source_of(diag) if hasattr(result, "source_of") else result.source
+                locators[diag.cell] = Locator(text) if text is not None else None
+            locator = locators[diag.cell]
             if locator is not None:
                 out.extend(_frame(diag, locator, options))
             out.extend(_notes(diag, options))
