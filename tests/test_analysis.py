@@ -239,3 +239,36 @@ def test_unsliced_root_and_derivation():
     emb_use = [n for n in ctx.nodes(cst.Name) if n.value == "emb"][-1]
     derived = {ctx.code(e) for e in flow.derivation(emb_use)}
     assert {"self.pos(self.embed(tgt) * scale)", "self.pos", "scale", "tgt"} <= derived
+
+
+def test_parameters_and_local_rebinding_shadow_module_instances():
+    for code in ("""
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("m")
+        def run(model, x):
+            return model.generate(x)
+    """, """
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("m")
+        def run(x):
+            model, tok = load()
+            return model.generate(x)
+    """):
+        assert UNKNOWN in _generate_receiver_kinds(code)
+    assert _generate_receiver_kinds("""
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained("m")
+        def run(x):
+            return model.generate(x)
+    """) == {"transformers.AutoModelForCausalLM"}
+
+
+def test_batch_moved_to_device_keeps_its_provenance():
+    ctx, origin = _origin(
+        'for batch in val_loader:\n'
+        '    batch = {k: v.to(device) for k, v in batch.items()}\n'
+        '    m.generate(batch["input_ids"])')
+    assert origin.provenance is Provenance.LOADER and ctx.code(origin.encoding) == "batch"
+    assert _origin('for batch in val_loader:\n'
+                   '    batch = {k: v for k, v in batch.items() if k != "labels"}\n'
+                   '    m.generate(batch["input_ids"])')[1].provenance is Provenance.UNKNOWN

@@ -170,6 +170,9 @@ class Batches:
             return self._unassigned(expr)
         if isinstance(expr, cst.Call):
             return self._call_origin(expr)
+        moved = _moved_dict(expr)
+        if moved is not None:  # {k: v.to(device) for k, v in batch.items()}: the same batch
+            return self.origin(moved, depth + 1)
         return _UNKNOWN_ORIGIN
 
     def _call_origin(self, call: cst.Call) -> Origin:
@@ -297,6 +300,26 @@ def _strip_moves(expr: cst.BaseExpression) -> cst.BaseExpression:
             and expr.func.attr.value in ("to", "cuda", "cpu"):
         expr = expr.func.value
     return expr
+
+
+def _moved_dict(expr: cst.BaseExpression) -> Optional[cst.BaseExpression]:
+    """``batch`` for ``{k: v.to(device) for k, v in batch.items()}`` (every value moved, no key
+    dropped or renamed), else None."""
+    if not isinstance(expr, cst.DictComp) or expr.for_in.inner_for_in is not None or expr.for_in.ifs:
+        return None
+    target, source = expr.for_in.target, expr.for_in.iter
+    if not (isinstance(target, cst.Tuple) and len(target.elements) == 2
+            and all(isinstance(e.value, cst.Name) for e in target.elements)):
+        return None
+    key, value = (e.value.value for e in target.elements)  # type: ignore[union-attr]
+    if not (isinstance(source, cst.Call) and isinstance(source.func, cst.Attribute)
+            and source.func.attr.value == "items" and not source.args):
+        return None
+    moved = _strip_moves(expr.value)
+    if not (isinstance(expr.key, cst.Name) and expr.key.value == key
+            and isinstance(moved, cst.Name) and moved.value == value):
+        return None
+    return source.func.value
 
 
 def _with_encoding(origin: Origin, encoding: cst.BaseExpression) -> Origin:

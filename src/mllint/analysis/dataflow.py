@@ -102,8 +102,8 @@ class Assignments:
         is a parameter, a loop variable, or was last bound to something unknown)."""
         entries = self.by_scope.get((self._scope(name), name.value), [])
         at = self.ctx.order(name)
-        before = [value for end, value in entries if end < at]
-        return before[-1] if before else None
+        before = [(end, value) for end, value in entries if end < at]
+        return max(before, key=lambda entry: entry[0])[1] if before else None
 
     def is_bound_locally(self, name: cst.Name) -> bool:
         """Whether any binding of ``name`` in its scope comes before this use."""

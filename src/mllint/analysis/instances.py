@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Dict, FrozenSet, List, Optional, Set, Union
 
 import libcst as cst
 
+from mllint.analysis.dataflow import Assignments
 from mllint.analysis.signatures import MEMBER_TYPES
 
 if TYPE_CHECKING:
@@ -108,9 +109,15 @@ class Instances:
         if isinstance(expr, cst.Name):
             scope = self._scope(at)
             values = self.scope_values.get(scope, {}).get(expr.value)
-            if values is None and scope is not self.ctx.module:
-                scope = self.ctx.module
-                values = self.scope_values.get(scope, {}).get(expr.value)
+            if isinstance(scope, cst.FunctionDef):
+                if expr.value in _parameters(scope):
+                    # A parameter may be anything the caller passes.
+                    return self._guarded((scope, expr.value), values, at) | {UNKNOWN}
+                if values is None and (scope, expr.value) in self.ctx.get(Assignments).by_scope:
+                    return frozenset({UNKNOWN})  # bound locally in a way not tracked here
+                if values is None:
+                    scope = self.ctx.module
+                    values = self.scope_values.get(scope, {}).get(expr.value)
             return self._guarded((scope, expr.value), values, at)
         if isinstance(expr, cst.Attribute):
             if isinstance(expr.value, cst.Name) and expr.value.value == "self":
@@ -225,6 +232,15 @@ class _IterOf:
         self.iterable = iterable
 
 
+def _parameters(function: cst.FunctionDef) -> FrozenSet[str]:
+    params = function.params
+    names = [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
+    for star in (params.star_arg, params.star_kwarg):
+        if isinstance(star, cst.Param):
+            names.append(star.name.value)
+    return frozenset(names)
+
+
 def _is_library_class(name: str) -> bool:
     """``transformers.AutoModelForCausalLM``, ``peft.PeftModel``, ``torch.nn.Embedding``, ..."""
     if not name.startswith(_CLASS_LIBRARIES):
@@ -237,3 +253,44 @@ def _known_classes() -> FrozenSet[str]:
     from mllint.analysis.signatures import CALLS, INSTANCE_CALLS
 
     return frozenset(INSTANCE_CALLS) | frozenset(CALLS) | frozenset(_CONTAINERS)
+
+
+def constructor_of(instances: Instances, expr: cst.BaseExpression, at: cst.CSTNode) -> Optional[cst.Call]:
+    """The one constructor call that made ``expr``, seen from ``at``: a local's or a ``self.``
+    attribute's only value (through ``x = y`` and module methods such as ``.to(device)``), or the
+    element constructor of an ``nn.ModuleList([C(...) for _ in ...])`` a loop variable runs over.
+    None when there are several values or the value is not a constructor call."""
+    for _ in range(6):
+        if isinstance(expr, cst.Call):
+            func = expr.func
+            if isinstance(func, cst.Attribute) and func.attr.value in _SELF_METHODS \
+                    and not instances.ctx.names.resolve(func):
+                expr, at = func.value, expr
+                continue
+            return expr
+        if isinstance(expr, cst.Attribute) and isinstance(expr.value, cst.Name) and expr.value.value == "self":
+            cls = instances.ctx.enclosing(at, cst.ClassDef)
+            values = instances.attr_values.get(cls, {}).get(expr.attr.value, []) if cls else []
+        elif isinstance(expr, cst.Name):
+            scope = instances._scope(at)
+            if isinstance(scope, cst.FunctionDef) and expr.value in _parameters(scope):
+                return None
+            values = instances.scope_values.get(scope, {}).get(expr.value)
+            if values is None:
+                values = instances.scope_values.get(instances.ctx.module, {}).get(expr.value, [])
+        else:
+            return None
+        if len(values) != 1:
+            return None
+        value = values[0]
+        if isinstance(value, _IterOf):
+            container = constructor_of(instances, value.iterable, at)
+            if container is None or not container.args \
+                    or not instances.ctx.names.resolve(container.func) & set(_CONTAINERS):
+                return None
+            inner = container.args[0].value
+            if isinstance(inner, (cst.ListComp, cst.GeneratorExp)) and isinstance(inner.elt, cst.Call):
+                return inner.elt
+            return None
+        expr, at = value, value
+    return None

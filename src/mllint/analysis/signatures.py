@@ -156,6 +156,15 @@ CALLS.update({
         "tokenizer", "padding", "max_length", "pad_to_multiple_of", "return_tensors")),
 })
 
+CALLS.update({
+    # torch 2.13.0 nn/modules/transformer.py, ``TransformerDecoder.__init__`` (L585-590) and
+    # ``TransformerDecoderLayer.__init__`` (L1026-1039). Rules read ``batch_first`` from them.
+    "torch.nn.TransformerDecoder": Signature(("decoder_layer", "num_layers", "norm")),
+    "torch.nn.TransformerDecoderLayer": Signature((
+        "d_model", "nhead", "dim_feedforward", "dropout", "activation", "layer_norm_eps",
+        "batch_first", "norm_first", "bias", "device", "dtype")),
+})
+
 # Attributes of known classes that hold instances of other known classes.
 MEMBER_TYPES: Dict[str, Dict[str, str]] = {
     "torch.nn.Transformer": {
@@ -163,3 +172,9 @@ MEMBER_TYPES: Dict[str, Dict[str, str]] = {
         "decoder": "torch.nn.TransformerDecoder",
     },
 }
+
+# torch 2.13.0 nn/functional.py, ``scaled_dot_product_attention`` docstring: ``query, key, value,
+# attn_mask=None, dropout_p=0.0, is_causal=False``, then ``scale`` (documented keyword-only) and
+# ``enable_gqa`` (2.5+). Its bool ``attn_mask`` means True = take part, unlike torch modules.
+SDPA = Signature(("query", "key", "value", "attn_mask", "dropout_p", "is_causal"),
+                 keyword_only=("scale", "enable_gqa"))
