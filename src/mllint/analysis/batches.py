@@ -17,7 +17,8 @@ module shows:
 
 ``Origin.encoding`` is the expression that holds the whole encoding (``inputs`` for
 ``inputs["input_ids"]``), so a rule can say "pass ``**inputs``" or read its other keys, and
-``Origin.tokenizer`` the tokenizer that made it, so a rule can look up its padding side.
+``Origin.tokenizer`` the tokenizer that made it, so a rule can look up its padding side
+(``mllint.analysis.padding``).
 """
 
 from __future__ import annotations
@@ -111,49 +112,12 @@ class Batches:
             return func, "__call__"
         return None
 
-    def padding_sides(self, tokenizer: cst.BaseExpression, at: cst.CSTNode) -> List[Tuple[str, cst.CSTNode]]:
-        """Every ``padding_side`` setting of this tokenizer before ``at``, in order:
-        ``tok.padding_side = "left"``, ``from_pretrained(..., padding_side="left")``,
-        ``tok(..., padding_side="left")`` (a per-call override, transformers >= 4.45)."""
-        text = self.ctx.code(tokenizer)
-        out: List[Tuple[str, cst.CSTNode]] = []
-        for node in self.ctx.nodes(cst.Assign):
-            if self.ctx.order(node) > self.ctx.order(at):
-                break
-            for target in node.targets:
-                t = target.target
-                if isinstance(t, cst.Attribute) and t.attr.value == "padding_side" \
-                        and self.ctx.code(t.value) == text:
-                    out.append((_string(node.value) or "?", node))
-        for value in self._loader_values(tokenizer, at):
-            for arg in value.args:
-                if arg.keyword is not None and arg.keyword.value == "padding_side":
-                    out.append((_string(arg.value) or "?", arg))
-        return sorted(out, key=lambda item: self.ctx.order(item[1]))
-
-    def _loader_values(self, tokenizer: cst.BaseExpression, at: cst.CSTNode) -> List[cst.Call]:
-        """The ``from_pretrained(...)`` calls that made this tokenizer."""
-        out = []
-        if isinstance(tokenizer, cst.Name):
-            candidates = self.instances.values(tokenizer.value, at)
-        elif isinstance(tokenizer, cst.Attribute) and isinstance(tokenizer.value, cst.Name) \
-                and tokenizer.value.value == "self":
-            cls = self.ctx.enclosing(at, cst.ClassDef)
-            candidates = self.instances.attr_values.get(cls, {}).get(tokenizer.attr.value, []) if cls else []
-        else:
-            candidates = []
-        for value in candidates:
-            if isinstance(value, cst.Call) and isinstance(value.func, cst.Attribute) \
-                    and value.func.attr.value == "from_pretrained" and value not in out:
-                out.append(value)
-        return out
-
     # -- provenance ----------------------------------------------------------------------------
     def origin(self, expr: cst.BaseExpression, depth: int = 0) -> Origin:
         """Where the token ids (or encoding) ``expr`` come from."""
         if depth > 8:
             return _UNKNOWN_ORIGIN
-        expr = _strip_moves(expr)
+        expr = strip_moves(expr)
         key = subscript_key(expr)
         if key is not None:
             inner = self.origin(expr.value, depth + 1)  # type: ignore[attr-defined]
@@ -294,7 +258,7 @@ def _unwrap_iter(iterable: cst.BaseExpression, ctx: "Context") -> cst.BaseExpres
     return iterable
 
 
-def _strip_moves(expr: cst.BaseExpression) -> cst.BaseExpression:
+def strip_moves(expr: cst.BaseExpression) -> cst.BaseExpression:
     """``x.to(device)``, ``x.cuda()``, ``x.input_ids.to(model.device)`` -> the moved value."""
     while isinstance(expr, cst.Call) and isinstance(expr.func, cst.Attribute) \
             and expr.func.attr.value in ("to", "cuda", "cpu"):
@@ -315,7 +279,7 @@ def _moved_dict(expr: cst.BaseExpression) -> Optional[cst.BaseExpression]:
     if not (isinstance(source, cst.Call) and isinstance(source.func, cst.Attribute)
             and source.func.attr.value == "items" and not source.args):
         return None
-    moved = _strip_moves(expr.value)
+    moved = strip_moves(expr.value)
     if not (isinstance(expr.key, cst.Name) and expr.key.value == key
             and isinstance(moved, cst.Name) and moved.value == value):
         return None
