@@ -81,7 +81,7 @@ def noqa_project(tmp_path_factory):
 
 
 def test_noqa(noqa_project):
-    names = sorted(os.listdir(noqa_project))
+    names = sorted(n for n in os.listdir(noqa_project) if n.endswith(".py"))  # not .mllint_cache
     proc = flake8(["--isolated", "--select", "MLL", *names], noqa_project)
     reported = {line.split(":")[0] for line in proc.stdout.splitlines()}
     assert reported == {name for name, (_, shown) in NOQA_CASES.items() if shown}
@@ -90,7 +90,7 @@ def test_noqa(noqa_project):
 
 
 def test_disable_noqa_reports_everything(noqa_project):
-    names = sorted(os.listdir(noqa_project))
+    names = sorted(n for n in os.listdir(noqa_project) if n.endswith(".py"))  # not .mllint_cache
     proc = flake8(["--isolated", "--select", "MLL", "--disable-noqa", *names], noqa_project)
     positions = sorted(line.split(": ")[0] for line in proc.stdout.splitlines())
     assert positions == sorted(f"{name}:{7 if name == 'file_level.py' else 6}:5" for name in names)

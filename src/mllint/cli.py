@@ -19,7 +19,8 @@ from mllint.core.registry import default_registry
 from mllint.output import FORMATS, renderer
 from mllint.output.progress import Progress
 from mllint.output.text import RenderOptions
-from mllint.runner import FileResult, Mode, discover, process_file, process_stdin
+from mllint.cache import ENV_CACHE_DIR
+from mllint.runner import FileResult, Mode, check_files, discover, process_stdin
 from mllint.settings import ConfigError, ConfigResolver, Settings, enabled_codes, normalize_codes, parse_version, validate_selectors
 
 INTERNAL_ERROR = "MLL999"
@@ -82,6 +83,13 @@ def _target_versions(values: Sequence[str]) -> Dict[str, Any]:
 @click.option("--statistics", is_flag=True, help="Print the number of findings per rule instead of the findings.")
 @click.option("--show-settings", is_flag=True, help="Print the resolved settings and exit.")
 @click.option("--quiet", "-q", is_flag=True, help="Print findings only, no summary.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes (default: the available cores).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Result cache directory (default: .mllint_cache next to the config file).")
+@click.option("--no-triage", is_flag=True, hidden=True,
+              help="Run every rule on every file (no prefilter; for tests and benchmarks).")
 def check(paths: Tuple[str, ...], **options: Any) -> None:
     """Check PATHS (files or directories; default `.`; `-` for standard input)."""
     try:
@@ -111,6 +119,11 @@ def _overrides(options: Dict[str, Any]) -> Dict[str, Any]:
         overrides["preview"] = True
     if options["force_exclude"]:
         overrides["force_exclude"] = True
+    cache_dir = options["cache_dir"] or os.environ.get(ENV_CACHE_DIR)
+    if cache_dir:
+        overrides["cache_dir"] = os.path.abspath(cache_dir)
+    if options["no_triage"]:
+        overrides["triage"] = False
     return overrides
 
 
@@ -145,11 +158,14 @@ def _check(paths: Tuple[str, ...], options: Dict[str, Any]) -> int:
     else:
         files = discover(paths, resolver, options["force_exclude"])
         progress = Progress(len(files), enabled=None if not options["quiet"] else False)
+        def mode_for(settings: Settings) -> Mode:
+            return Mode(fix=fix, unsafe=settings.unsafe_fixes, diff=diff, add_noqa=options["add_noqa"])
+
         try:
-            for done, path in enumerate(files, 1):
-                settings = resolver.for_path(path)
-                mode = Mode(fix=fix, unsafe=settings.unsafe_fixes, diff=diff, add_noqa=options["add_noqa"])
-                results.append(process_file(path, settings, mode))
+            checked = check_files(files, resolver.for_path, mode_for, jobs=options["jobs"],
+                                  use_cache=not options["no_cache"])
+            for done, result in enumerate(checked, 1):
+                results.append(result)
                 progress.update(done)
         finally:
             progress.finish()
@@ -211,7 +227,8 @@ def _report(results: List[FileResult], options: Dict[str, Any], *, fix: bool, fi
 def _emit(text: str, output_file: Optional[str], to_stderr: bool) -> None:
     if output_file:
         try:
-            Path(output_file).write_text(text, encoding="utf-8")
+            # A file name that is not UTF-8 (kept by Python as surrogates) is written escaped.
+            Path(output_file).write_text(text, encoding="utf-8", errors="backslashreplace")
         except OSError as exc:
             raise ConfigError(f"cannot write --output-file `{output_file}`: {exc.strerror or exc}") from None
     elif text:

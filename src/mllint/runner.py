@@ -18,10 +18,11 @@ from mllint.core.diagnostic import Diagnostic, Location
 from mllint.core.engine import fix_source, lint_source, system_diagnostic
 from mllint.core.locator import Locator
 from mllint.core.suppression import parse_suppressions
+from mllint.cache import Cache, default_cache_dir, settings_fingerprint
 from mllint.settings import ConfigError, ConfigResolver, Settings, gitignore_spec
 from mllint.sources.notebook import (
     CellInfo, Notebook, fix_notebook, is_notebook, lint_notebook, parse_notebook, read_notebook)
-from mllint.sources.python import SourceError, SourceFile, decode, read_source, write_source
+from mllint.sources.python import SourceError, SourceFile, decode, read_bytes, read_source, write_source
 
 PYTHON_SUFFIXES = (".py",)
 NOTEBOOK_SUFFIXES = (".ipynb",)
@@ -70,7 +71,10 @@ def display_path(path: Path) -> str:
 # -- discovery ---------------------------------------------------------------------------------
 
 def _is_virtualenv(directory: Path) -> bool:
-    return (directory / "pyvenv.cfg").is_file()
+    try:
+        return (directory / "pyvenv.cfg").is_file()
+    except OSError:  # a directory mllint may not look into: reported when walked (MLL904)
+        return False
 
 
 class _GitIgnores:
@@ -78,6 +82,22 @@ class _GitIgnores:
 
     def __init__(self) -> None:
         self._cache: Dict[Path, Optional[PathSpec]] = {}
+        # Per directory: the (directory, spec) pairs from it up to the repository root, only
+        # those with a spec (looked up once per directory, not once per file).
+        self._chains: Dict[Path, List[Tuple[Path, PathSpec]]] = {}
+
+    def _chain(self, start: Path) -> List[Tuple[Path, PathSpec]]:
+        chain = self._chains.get(start)
+        if chain is None:
+            chain = []
+            for directory in (start, *start.parents):
+                spec = self._spec(directory)
+                if spec is not None:
+                    chain.append((directory, spec))
+                if (directory / ".git").exists():
+                    break
+            self._chains[start] = chain
+        return chain
 
     def _spec(self, directory: Path) -> Optional[PathSpec]:
         if directory not in self._cache:
@@ -94,15 +114,11 @@ class _GitIgnores:
         """``top``: the ignored directory named on the command line that ``path`` is below; the
         ``.gitignore`` files at or above it then see only the part of ``path`` below ``top``."""
         path = path.absolute()
-        for directory in path.parents:
-            spec = self._spec(directory)
-            if spec is not None:
-                base = top if top is not None and _is_within(top, directory) else directory
-                rel = path.relative_to(base).as_posix() + ("/" if is_dir else "")
-                if spec.match_file(rel):
-                    return True
-            if (directory / ".git").exists():
-                break
+        for directory, spec in self._chain(path.parent):
+            base = top if top is not None and _is_within(top, directory) else directory
+            rel = path.relative_to(base).as_posix() + ("/" if is_dir else "")
+            if spec.match_file(rel):
+                return True
         return False
 
 
@@ -172,20 +188,28 @@ def _walk(root: Path, resolver: ConfigResolver, gitignores: _GitIgnores) -> Iter
     # below a directory called `build` outside the project root); only its entries are judged.
     top = root.absolute() if _excluded(root, True, resolver.for_path(root), gitignores) else None
     stack = [root]
+    visited: Set[Tuple[int, int]] = set()  # (device, inode): a symlink loop is walked once
     while stack:
         directory = stack.pop()
         try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in visited and info.st_ino:
+                continue
+            visited.add((info.st_dev, info.st_ino))
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except PermissionError:
+            yield directory  # reading it reports the problem (MLL904), so it is not skipped silently
+            continue
         except OSError:
-            continue  # unreadable directory: nothing to check inside
+            continue  # vanished since it was listed: nothing to check inside
         settings = resolver.for_path(directory)
         subdirs = []
         for entry in entries:
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir()
-            except OSError:
-                continue
+            except OSError:  # a symlink loop: reading it reports the problem (MLL904)
+                is_dir = False
             if is_dir:
                 if not _excluded(path, True, settings, gitignores, top):
                     subdirs.append(path)
@@ -225,8 +249,8 @@ def process_source(source: SourceFile, display: str, settings: Settings, mode: M
     if fixed.source != text:
         if mode.diff:
             result.diff = unified_diff(text, fixed.source, display)
-        else:
-            _write(source, fixed.source, result)
+        elif not _write(source, fixed.source, result):  # the file is as it was: so are its findings
+            result = FileResult(display, result.diagnostics[:1] + lint_source(text, display, settings), text)
     return result
 
 
@@ -241,9 +265,9 @@ def process_notebook(notebook: Notebook, display: str, settings: Settings, mode:
         return FileResult(display, [system_diagnostic(error.code, error.message)], notebook.text)
 
 
-def _notebook_guard(display: str, work: Callable[[], FileResult]) -> FileResult:
-    """Run ``work``; a bug in the notebook adapter becomes MLL999 for this file, and the run goes
-    on (``MLLINT_DEBUG=1`` lets it raise)."""
+def _guard(display: str, work: Callable[[], FileResult]) -> FileResult:
+    """Run ``work``; a bug (in mllint, a rule pack or the notebook adapter) becomes MLL999 for
+    this file, and the run goes on (``MLLINT_DEBUG=1`` lets it raise)."""
     try:
         return work()
     except SourceError as error:
@@ -252,7 +276,7 @@ def _notebook_guard(display: str, work: Callable[[], FileResult]) -> FileResult:
         if os.environ.get("MLLINT_DEBUG"):
             raise
         return FileResult(display, [system_diagnostic(
-            "MLL999", f"internal error on notebook {display}: {type(exc).__name__}: {exc}; please report this bug")])
+            "MLL999", f"internal error on {display}: {type(exc).__name__}: {exc}; please report this bug")])
 
 
 def _process_notebook(notebook: Notebook, display: str, settings: Settings, mode: Mode) -> FileResult:
@@ -278,8 +302,9 @@ def _process_notebook(notebook: Notebook, display: str, settings: Settings, mode
                         cells=new_notebook.cell_info())
     if mode.diff:
         result.diff = notebook_diff(notebook.sources, fixed.sources, display)
-    else:
-        _write(notebook.source, new_text, result)
+    elif not _write(notebook.source, new_text, result):  # the file is as it was: so are its findings
+        result = FileResult(display, result.diagnostics[:1] + lint_notebook(notebook, display, settings),
+                            notebook.text, cells=notebook.cell_info())
     return result
 
 
@@ -288,24 +313,23 @@ def notebook_diff(old: Dict[int, str], new: Dict[int, str], display: str) -> str
     return "".join(unified_diff(old[n], new[n], f"{display}:cell {n}") for n in sorted(new))
 
 
-def _write(source: SourceFile, text: str, result: FileResult) -> None:
+def _write(source: SourceFile, text: str, result: FileResult) -> bool:
+    """Write ``text``; when that fails, report why (first in ``result``) and return False."""
     try:
         write_source(source, text)
     except SourceError as error:
         result.diagnostics.insert(0, system_diagnostic(error.code, error.message))
         result.fixed = 0
         result.noqa_added = 0
+        return False
+    return True
 
 
 def process_file(path: Path, settings: Settings, mode: Mode) -> FileResult:
     display = display_path(path)
     if is_notebook(str(path)):
-        return _notebook_guard(display, lambda: process_notebook(read_notebook(str(path)), display, settings, mode))
-    try:
-        source = read_source(str(path))
-    except SourceError as error:
-        return _error_result(display, error)
-    return process_source(source, display, settings, mode)
+        return _guard(display, lambda: process_notebook(read_notebook(str(path)), display, settings, mode))
+    return _guard(display, lambda: process_source(read_source(str(path)), display, settings, mode))
 
 
 def process_stdin(data: bytes, display: str, settings: Settings, mode: Mode) -> FileResult:
@@ -315,13 +339,8 @@ def process_stdin(data: bytes, display: str, settings: Settings, mode: Mode) -> 
     write_nothing = mode.fix or mode.diff or mode.add_noqa
     stdin_mode = Mode(mode.fix, mode.unsafe, write_nothing, mode.add_noqa)
     if is_notebook(display):
-        return _notebook_guard(display, lambda: process_notebook(parse_notebook(data, display), display, settings, stdin_mode))
-    try:
-        text, encoding, bom = decode(data)
-    except SourceError as error:
-        return _error_result(display, error)
-    source = SourceFile(display, text, encoding, bom, data)
-    return process_source(source, display, settings, stdin_mode)
+        return _guard(display, lambda: process_notebook(parse_notebook(data, display), display, settings, stdin_mode))
+    return _guard(display, lambda: process_source(SourceFile(display, *decode(data), data), display, settings, stdin_mode))
 
 
 def unified_diff(old: str, new: str, display: str) -> str:
@@ -368,3 +387,218 @@ def noqa_edits(source: str, diagnostics: Iterable[Diagnostic]) -> List[Tuple[int
             at = end - (len(line) - len(stripped))
             edits.append((at, end, "  # noqa: " + ", ".join(sorted(codes))))
     return edits
+
+
+# -- many files: the result cache and the worker pool --------------------------------------------
+#
+# ``check_files`` yields one result per file, in the order of ``files``, as soon as it and every
+# file before it are done. Cache hits are answered in this process; the other files are checked
+# here too when there are only a handful (``FAST_PATH_FILES``: starting workers costs more than
+# it saves), else by a pool of ``jobs`` worker processes, each file through ``check_file`` (which
+# reads it, checks it and stores its result, so the stored key is always that of the bytes that
+# were checked). Only plain checks use the cache: fixing modes read, check and write afresh.
+
+FAST_PATH_FILES = 4
+
+
+def default_jobs() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _plain(mode: Mode) -> bool:
+    return not (mode.fix or mode.diff or mode.add_noqa)
+
+
+def _process_raw(path: Path, display: str, raw: bytes, settings: Settings, mode: Mode) -> FileResult:
+    """``process_file`` on bytes already read."""
+    if is_notebook(str(path)):
+        return _guard(display, lambda: process_notebook(parse_notebook(raw, str(path)), display, settings, mode))
+    return _guard(display, lambda: process_source(SourceFile(str(path), *decode(raw), raw), display, settings, mode))
+
+
+def _from_cache(path: Path, display: str, raw: bytes, diagnostics: List[Diagnostic]) -> FileResult:
+    """A cached result; the text (and a notebook's cells) only when there is something to show."""
+    if not diagnostics:
+        return FileResult(display, [])
+    try:
+        if is_notebook(str(path)):
+            notebook = parse_notebook(raw, str(path))
+            return FileResult(display, diagnostics, notebook.text, cells=notebook.cell_info())
+        return FileResult(display, diagnostics, decode(raw)[0])
+    except SourceError:
+        return FileResult(display, diagnostics)
+
+
+def check_file(path: Path, settings: Settings, mode: Mode, cache: "Optional[Cache]" = None,
+               settings_key: Optional[str] = None) -> FileResult:
+    """``process_file`` through ``cache`` (for plain checks; other modes never use it)."""
+    if cache is None or not _plain(mode):
+        return process_file(path, settings, mode)
+    display = display_path(path)
+    try:
+        raw = read_bytes(str(path))
+    except OSError:
+        return process_file(path, settings, mode)  # reports why (MLL904)
+    key = cache.key(display, str(path), settings_key or settings_fingerprint(settings), raw)
+    diagnostics = cache.get(key)
+    if diagnostics is not None:
+        return _from_cache(path, display, raw, diagnostics)
+    result = _process_raw(path, display, raw, settings, mode)
+    cache.put(key, result.diagnostics)
+    return result
+
+
+class _Plan:
+    """What every file needs, by index: its settings (shared objects), their cache key part and
+    cache, and its mode."""
+
+    def __init__(self, files: Sequence[Path], settings_for: Callable[[Path], Settings],
+                 mode_for: Callable[[Settings], Mode], use_cache: bool) -> None:
+        self.files = [str(f) for f in files]
+        self.settings: List[Settings] = []
+        self.keys: List[str] = []
+        self.modes: List[Mode] = []
+        self.caches: List[Optional[Cache]] = []
+        self.index: List[int] = []  # file -> its settings' position in the lists above
+        seen: Dict[int, int] = {}
+        by_dir: Dict[Path, Cache] = {}
+        for path in files:
+            settings = settings_for(path)
+            position = seen.get(id(settings))
+            if position is None:
+                position = seen[id(settings)] = len(self.settings)
+                mode = mode_for(settings)
+                self.settings.append(settings)
+                self.modes.append(mode)
+                self.keys.append(settings_fingerprint(settings))
+                cache = None
+                if use_cache and _plain(mode):
+                    directory = default_cache_dir(settings)
+                    cache = by_dir.setdefault(directory, Cache(directory))
+                self.caches.append(cache)
+            self.index.append(position)
+
+    def check(self, i: int) -> FileResult:
+        s = self.index[i]
+        return check_file(Path(self.files[i]), self.settings[s], self.modes[s], self.caches[s], self.keys[s])
+
+    def cached(self, i: int) -> Optional[FileResult]:
+        """The cached result of file ``i``, or None."""
+        s = self.index[i]
+        cache = self.caches[s]
+        if cache is None:
+            return None
+        path = self.files[i]
+        try:
+            raw = read_bytes(path)
+        except OSError:
+            return None
+        display = display_path(Path(path))
+        diagnostics = cache.get(cache.key(display, path, self.keys[s], raw))
+        return None if diagnostics is None else _from_cache(Path(path), display, raw, diagnostics)
+
+
+_WORKER_PLAN: Optional[_Plan] = None
+
+
+# Parsing makes millions of short-lived objects, almost none in reference cycles: with CPython's
+# default thresholds (700, 10, 10) the collector runs thousands of times per file set and keeps
+# walking every object of the loaded modules. Those are frozen (never collected), and the young
+# generation is collected less often; this takes a third off the CPython and libcst parses.
+_GC_THRESHOLDS = (10_000, 50, 50)
+
+
+def _tune_gc() -> Tuple[int, ...]:
+    import gc
+
+    gc.freeze()
+    previous = gc.get_threshold()
+    gc.set_threshold(*_GC_THRESHOLDS)
+    return previous
+
+
+def _worker_init(plan: Optional[_Plan]) -> None:
+    global _WORKER_PLAN
+    if plan is not None:  # spawned workers get the plan pickled; forked ones inherit it
+        _WORKER_PLAN = plan
+    _tune_gc()
+
+
+def _worker_check(i: int) -> FileResult:
+    assert _WORKER_PLAN is not None
+    result = _WORKER_PLAN.check(i)
+    if not result.diagnostics:  # nothing to show: the text need not travel back
+        result.source, result.cells = None, None
+    return result
+
+
+def _pool_context():
+    import multiprocessing
+    import sys
+
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")  # workers inherit the loaded rules: no re-import
+    return multiprocessing.get_context("spawn")
+
+
+def check_files(files: Sequence[Path], settings_for: Callable[[Path], Settings],
+                mode_for: Callable[[Settings], Mode], jobs: Optional[int] = None,
+                use_cache: bool = True) -> Iterator[FileResult]:
+    """Check ``files``; one result per file, in order, each as soon as it and those before it
+    are done. ``jobs``: worker processes (default: the available cores; 1: none)."""
+    global _WORKER_PLAN
+    plan = _Plan(files, settings_for, mode_for, use_cache)
+    jobs = default_jobs() if not jobs else jobs
+    done: Dict[int, FileResult] = {}
+    if use_cache:
+        for i in range(len(files)):
+            hit = plan.cached(i)
+            if hit is not None:
+                done[i] = hit
+    todo = [i for i in range(len(files)) if i not in done]
+    if jobs <= 1 or len(todo) <= FAST_PATH_FILES:
+        import gc
+
+        previous = _tune_gc() if len(todo) > FAST_PATH_FILES else None
+        try:
+            for i in range(len(files)):
+                yield done.pop(i) if i in done else plan.check(i)
+        finally:
+            if previous is not None:
+                gc.unfreeze()
+                gc.set_threshold(*previous)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from mllint.core.registry import default_registry
+
+    default_registry()  # loaded once here, inherited by forked workers
+    context = _pool_context()
+    forked = context.get_start_method() == "fork"
+    _WORKER_PLAN = plan
+    chunksize = max(1, min(8, len(todo) // (jobs * 8)))
+    executor = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_worker_init,
+                                   initargs=(None if forked else plan,))
+    finished = False
+    try:
+        results = executor.map(_worker_check, todo, chunksize=chunksize)
+        for i in range(len(files)):
+            if i in done:
+                yield done.pop(i)
+                continue
+            try:
+                yield next(results)
+            except BrokenProcessPool:  # a worker died (killed, out of memory): finish here
+                results = iter(())
+                for j in range(i, len(files)):
+                    yield done.pop(j) if j in done else plan.check(j)
+                break
+        finished = True
+    finally:  # stopped early (an error, Ctrl-C): do not wait for the workers' current files
+        executor.shutdown(wait=finished, cancel_futures=True)
+        _WORKER_PLAN = None

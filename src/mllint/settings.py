@@ -69,6 +69,12 @@ class Settings:
     # Directory relative globs are matched against; the config file that set these values.
     root: Optional[str] = None
     config_file: Optional[str] = None
+    # Where the result cache lives (``cache-dir``; None: ``.mllint_cache`` in ``root``, else in
+    # the current directory).
+    cache_dir: Optional[str] = None
+    # False: run every selected rule on every file, without the text prefilter and the ``ast``
+    # triage (``--no-triage``; for tests and the benchmark: results must be identical).
+    triage: bool = True
 
     def with_changes(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
@@ -157,7 +163,7 @@ def premise_holds(rule: Any, settings: Settings) -> bool:
 
 _LIST_KEYS = ("select", "extend-select", "ignore", "exclude", "extend-exclude")
 _BOOL_KEYS = ("respect-gitignore", "force-exclude", "unsafe-fixes", "preview")
-KNOWN_KEYS = _LIST_KEYS + _BOOL_KEYS + ("per-file-ignores", "target-versions", "rules")
+KNOWN_KEYS = _LIST_KEYS + _BOOL_KEYS + ("per-file-ignores", "target-versions", "rules", "cache-dir")
 
 
 def parse_version(text: Any, where: str) -> Version:
@@ -220,6 +226,11 @@ def settings_from_table(table: Mapping[str, Any], source: str, root: Optional[st
             }
         elif key == "rules":
             changes["rule_options"] = validate_rule_options(value, source, registry)
+        elif key == "cache-dir":
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where} must be a directory path (a string)")
+            base = root or os.getcwd()  # relative to the config file's directory
+            changes["cache_dir"] = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     return settings.with_changes(**changes)
 
 
@@ -280,7 +291,11 @@ def find_config(start: Path) -> Optional[Path]:
     for candidate_dir in (directory, *directory.parents):
         for name in CONFIG_FILES:
             candidate = candidate_dir / name
-            if candidate.is_file():
+            try:
+                present = candidate.is_file()
+            except OSError:  # a directory mllint may not look into (it is reported, MLL904)
+                continue
+            if present:
                 if name == "pyproject.toml" and read_config_file(candidate) is None:
                     continue
                 return candidate
@@ -302,6 +317,7 @@ class ConfigResolver:
             self._fixed = self._apply(load_config(config_file))
         self._by_config: Dict[Optional[Path], Settings] = {}
         self._by_dir: Dict[Path, Settings] = {}
+        self._by_raw: Dict[Path, Settings] = {}  # by the path as given, before resolving
 
     def _apply(self, settings: Settings) -> Settings:
         changes = dict(self.overrides)
@@ -320,13 +336,22 @@ class ConfigResolver:
     def for_path(self, path: Path) -> Settings:
         if self._fixed is not None:
             return self._fixed
+        raw = self._by_raw.get(path)  # a file's own path seen before (runner asks twice)
+        if raw is not None:
+            return raw
         directory = path if path.is_dir() else path.parent
+        unresolved = directory
+        cached = self._by_raw.get(unresolved)  # resolving costs a stat per path component
+        if cached is not None:
+            self._by_raw[path] = cached
+            return cached
         try:
             directory = directory.resolve()
         except OSError:
             pass
         cached = self._by_dir.get(directory)
         if cached is not None:
+            self._by_raw[unresolved] = self._by_raw[path] = cached
             return cached
         config = find_config(directory)
         settings = self._by_config.get(config)
@@ -334,4 +359,5 @@ class ConfigResolver:
             settings = self._apply(load_config(config) if config else Settings())
             self._by_config[config] = settings
         self._by_dir[directory] = settings
+        self._by_raw[unresolved] = self._by_raw[path] = settings
         return settings

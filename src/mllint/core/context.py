@@ -43,6 +43,88 @@ class NodeIndex(cst.CSTVisitor):
         self._stack.pop()
 
 
+_EXIT = object()
+# Per node class: the fields its ``_visit_and_replace_children`` visits, in that order (None:
+# unknown, use libcst's own visit). Read once per class from libcst's source, so the fast walk
+# below meets the nodes in exactly the order (and with exactly the parents) of ``module.visit``.
+_CHILD_FIELDS: Dict[type, Optional[Tuple[str, ...]]] = {}
+
+
+def _child_fields(kind: type) -> Optional[Tuple[str, ...]]:
+    if kind not in _CHILD_FIELDS:
+        _CHILD_FIELDS[kind] = _read_child_fields(kind)
+    return _CHILD_FIELDS[kind]
+
+
+def _read_child_fields(kind: type) -> Optional[Tuple[str, ...]]:
+    import ast
+    import dataclasses
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(kind._visit_and_replace_children))
+        tree = ast.parse(source)
+        names = {f.name for f in dataclasses.fields(kind)}
+    except (OSError, TypeError, SyntaxError):
+        return None
+    found: List[Tuple[int, int, str]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+        if name.startswith("visit_"):
+            if len(node.args) < 3 or not isinstance(node.args[1], ast.Constant) \
+                    or node.args[1].value not in names:
+                return None  # not the shape this reader knows: use libcst's visit
+            found.append((node.lineno, node.col_offset, node.args[1].value))
+    fields: List[str] = []
+    for _, _, field in sorted(found):
+        if field not in fields:
+            fields.append(field)
+    return tuple(fields)
+
+
+def _fast_index(module: cst.Module) -> Optional[NodeIndex]:
+    """``NodeIndex`` without libcst's visitor, which rebuilds (and re-validates) every node it
+    passes; None when some node class is not understood (then libcst's visit is used)."""
+    index = NodeIndex()
+    by_type, parent, order, end = index.by_type, index.parent, index.order, index.end
+    node_type = cst.CSTNode
+    count = 0
+    stack: List[Any] = [module, None]
+    pop, push = stack.pop, stack.append
+    while stack:
+        up = pop()
+        node = pop()
+        if up is _EXIT:
+            end[node] = count - 1
+            continue
+        kind = type(node)
+        by_type.setdefault(kind, []).append(node)
+        order[node] = count
+        count += 1
+        if up is not None:
+            parent[node] = up
+        push(node)
+        push(_EXIT)
+        fields = _CHILD_FIELDS.get(kind, ()) if kind in _CHILD_FIELDS else _child_fields(kind)
+        if fields is None:
+            return None
+        children: List[Any] = []
+        for name in fields:
+            value = getattr(node, name)
+            if isinstance(value, node_type):
+                children.append(value)
+            elif isinstance(value, (list, tuple)):
+                children.extend(v for v in value if isinstance(v, node_type))
+        for child in reversed(children):
+            push(child)
+            push(node)
+    return index
+
+
 class Context:
     def __init__(self, source: str, path: str, module: cst.Module, settings: "Settings",
                  locator: Optional[Locator] = None) -> None:
@@ -59,8 +141,10 @@ class Context:
     # -- shared structure --------------------------------------------------------------------
     def _ensure_index(self) -> NodeIndex:
         if self._index is None:
-            index = NodeIndex()
-            self.module.visit(index)
+            index = _fast_index(self.module)
+            if index is None:
+                index = NodeIndex()
+                self.module.visit(index)
             self._index = index
         return self._index
 

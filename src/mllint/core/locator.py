@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import List
+from typing import List, Optional
 
 from mllint.core.diagnostic import Location
 
@@ -14,9 +14,16 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 class Locator:
     def __init__(self, source: str) -> None:
         self.source = source
-        starts: List[int] = [0]
-        starts.extend(m.end() for m in _NEWLINE.finditer(source))
-        self.line_starts = starts
+        self._line_starts: Optional[List[int]] = None
+
+    @property
+    def line_starts(self) -> List[int]:
+        """Offset of the start of every line (computed on first use: most files never need it)."""
+        if self._line_starts is None:
+            starts: List[int] = [0]
+            starts.extend(m.end() for m in _NEWLINE.finditer(self.source))
+            self._line_starts = starts
+        return self._line_starts
 
     @property
     def line_count(self) -> int:

@@ -97,6 +97,11 @@ class Rule:
     # Prefilter: the file must contain at least one string of every group, or the rule is not
     # run on it at all (and the file may not even be parsed).
     triggers: ClassVar[Tuple[Tuple[str, ...], ...]] = ()
+    # Triage (``mllint.core.triage``): requirements on the *code* of the file, checked on the
+    # stdlib ``ast`` tree before libcst parses it, e.g. ``(("import:torch",), ("call:generate",
+    # "name:generation_config"))``; every group must have one that holds, or the rule is not run.
+    # Empty: the rule runs on every file its ``triggers`` let through (never loses a result).
+    requires: ClassVar[Tuple[Tuple[str, ...], ...]] = ()
     # Library versions for which the rule's premise holds: package -> PEP 440 specifier. When a
     # target version is known for the package and lies outside, the rule is not run.
     premise: ClassVar[Mapping[str, str]] = {}
@@ -140,6 +145,10 @@ class Rule:
 
     def applies_to(self, source: str) -> bool:
         return all(any(t in source for t in group) for group in self.trigger_groups())
+
+    def requirement_groups(self) -> Tuple[Tuple[str, ...], ...]:
+        """The triage groups (``requires``); a rule whose options add names extends them here."""
+        return self.requires
 
     # -- the work ----------------------------------------------------------------------------
     def check(self, ctx: "Context") -> Iterable[Diagnostic]:

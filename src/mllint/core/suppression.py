@@ -79,6 +79,8 @@ def _comments(source: str) -> Tuple[List[Tuple[int, int, str]], Optional[Set[int
     """(row, column, text) of every comment, and the rows a comment may be appended to."""
     comments: List[Tuple[int, int, str]] = []
     commentable: Set[int] = set()
+    if "\r" in source:  # rows as the Locator and CPython count them (a lone CR ends a line too)
+        source = source.replace("\r\n", "\n").replace("\r", "\n")
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.COMMENT:

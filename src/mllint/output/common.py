@@ -47,7 +47,7 @@ def fingerprint(path: str, diag: Diagnostic, occurrence: int) -> str:
     """A stable identity for a finding: its path, code, message and how many identical findings
     come before it in the file. Not its line, so it survives edits above it."""
     key = "\0".join((path, diag.code, diag.message, str(occurrence)))
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()  # non-UTF-8 file names
 
 
 def with_fingerprints(results: Sequence[Any], path_of=relative_path) -> Iterator[Tuple[Any, Diagnostic, str]]:

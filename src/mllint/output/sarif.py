@@ -52,10 +52,10 @@ def rule_descriptor(rule: Any) -> Dict[str, Any]:
 def artifact_location(path: str) -> Dict[str, str]:
     rel = relative_path(path)
     if rel == "-" or rel.startswith("<"):
-        return {"uri": quote(rel)}
+        return {"uri": quote(rel, errors="surrogateescape")}
     if is_outside(rel):
         return {"uri": Path(os.path.abspath(path)).as_uri()}
-    return {"uri": quote(rel), "uriBaseId": SRCROOT}
+    return {"uri": quote(rel, errors="surrogateescape"), "uriBaseId": SRCROOT}
 
 
 def _region(result: Any, diag: Any) -> Dict[str, int]:

@@ -41,7 +41,7 @@ from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tupl
 
 from mllint.core.diagnostic import Diagnostic, Edit, Fix, Location
 from mllint.core.locator import Locator
-from mllint.sources.python import SourceError, SourceFile, write_source
+from mllint.sources.python import SourceError, SourceFile, read_bytes, write_source
 
 NOTEBOOK_SUFFIX = ".ipynb"
 INVALID_NOTEBOOK = "MLL905"
@@ -689,8 +689,7 @@ def parse_notebook(raw: bytes, path: str) -> Notebook:
 
 def read_notebook(path: str) -> Notebook:
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = read_bytes(path)  # never blocks on a named pipe
     except OSError as exc:
         raise SourceError("MLL904", f"cannot read the file: {exc.strerror or exc}") from None
     return parse_notebook(raw, path)
@@ -751,7 +750,7 @@ def fix_notebook(notebook: Notebook, path: str, settings: Any = None, unsafe: Op
             codes = ", ".join(sorted({d.code for d in used}))
             bug = system_diagnostic(
                 INTERNAL_ERROR,
-                f"internal error: the fix for {codes} produced invalid code ({broken[0].message}); "
+                f"internal error: the fix for {codes} produced invalid code on {path} ({broken[0].message}); "
                 "the fix was not applied, please report this bug", registry=registry)
             diagnostics = [*diagnostics, bug]
             break

@@ -174,6 +174,11 @@ class GenerateWithTrainingBatch(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "transformers", "generation")
     triggers = (("generate",), ("decoder_input_ids", "DataCollatorFor", "loss"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:transformers", "import:peft"),
+        ("call:generate",),
+    )
     premise = {"transformers": ">=4.30"}
     VALID = (
         # A batch straight from the tokenizer.

@@ -133,6 +133,11 @@ class GenerateWithoutAttentionMask(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "transformers", "generation")
     triggers = (("generate",), ("padding", ".pad(", "oader", "OADER", "_step", "compute_loss", "DataCollator"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:transformers", "import:peft"),
+        ("call:generate",),
+    )
     premise = {"transformers": ">=4.0"}
     VALID = (
         # The whole BatchEncoding, mask included.

@@ -107,6 +107,12 @@ class GenerateWithoutSpecialTokenIds(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "transformers", "generation")
     triggers = (("GenerationConfig",), ("generation_config", "generate"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:transformers",),
+        ("name:GenerationConfig",),
+        ("assign:generation_config", "call:generate"),
+    )
     premise = {"transformers": ">=4.0"}
     VALID = (
         # Updating the model's config keeps its ids.

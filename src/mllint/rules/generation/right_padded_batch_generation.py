@@ -116,6 +116,12 @@ class RightPaddedBatchGeneration(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "transformers", "generation")
     triggers = (("generate",), ("padding", ".pad("), ("ForCausalLM", "LMHeadModel"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:transformers", "import:peft"),
+        ("call:generate",),
+        ("name:*ForCausalLM", "name:*LMHeadModel"),
+    )
     premise = {"transformers": ">=4.30"}
     options = (
         Option("assume-default-right", False,

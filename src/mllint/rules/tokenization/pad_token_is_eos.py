@@ -85,6 +85,15 @@ class PadTokenIsEos(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "transformers", "trl")
     triggers = (("pad_token",), ("DataCollatorFor", "SFTTrainer", "100"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("assign:pad_token", "assign:pad_token_id", "string:pad_token", "string:pad_token_id",
+         "keyword:pad_token"),
+        ("name:eos_token", "name:eos_token_id"),
+        ("import:transformers & name:DataCollatorForLanguageModeling",
+         "import:trl & name:DataCollatorForCompletionOnlyLM", "import:trl & name:SFTTrainer",
+         "number:100 & name:pad_token_id", "number:100 & name:pad_id"),
+    )
     premise = {"transformers": ">=2.0"}
     options = (
         Option("pad-token", "<pad>", "the new pad token the fix adds"),
@@ -251,6 +260,11 @@ class PadTokenIsEos(Rule):
         pads, maskers = self.triggers
         extra = tuple(name.rsplit(".", 1)[-1] for name in self.config["value-masking-collators"])
         return (pads, maskers + extra)
+
+    def requirement_groups(self):
+        pads, eos, maskers = self.requires
+        extra = tuple("name:" + name.rsplit(".", 1)[-1] for name in self.config["value-masking-collators"])
+        return (pads, eos, maskers + extra)
 
     def check(self, ctx: Context) -> Iterator[Diagnostic]:
         facts = ctx.get(HfFacts)

@@ -120,6 +120,12 @@ class TrainingTextWithoutEos(Rule):
     triggers = (("labels", "DataCollatorForLanguageModeling"),
                 ("ForCausalLM", "LMHeadModel", "DataCollatorForLanguageModeling", "CAUSAL_LM"),
                 ("Tokenizer",))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:transformers",),
+        ("name:*Tokenizer", "name:*TokenizerFast"),
+        ("call:backward", "call:train", "call:fit", "name:training_step", "name:*Trainer"),
+    )
     premise = {"transformers": ">=4.0"}
     VALID = (
         # EOS appended to the text.

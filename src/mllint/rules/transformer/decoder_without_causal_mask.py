@@ -218,6 +218,11 @@ class DecoderWithoutCausalMask(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "torch")
     triggers = (("Transformer",),)
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:torch",),
+        ("name:Transformer", "name:TransformerDecoder", "name:TransformerDecoderLayer"),
+    )
     premise = {"torch": ">=1.2"}
     VALID = (
         # The tutorial's shape: the mask is the 4th positional argument.

@@ -154,6 +154,14 @@ class MalformedCausalMask(Rule):
     tags = ("correctness", "torch")
     triggers = (("triu", "tril", "generate_square_subsequent_mask"),
                 ("Transformer", "MultiheadAttention", "scaled_dot_product_attention"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:torch",),
+        ("name:triu", "name:tril", "name:*generate_square_subsequent_mask"),
+        ("name:Transformer", "name:TransformerDecoder", "name:TransformerDecoderLayer",
+         "name:TransformerEncoder", "name:TransformerEncoderLayer", "name:MultiheadAttention",
+         "name:scaled_dot_product_attention"),
+    )
     premise = {"torch": ">=2.0"}
     VALID = (
         # The translation tutorial's helper: a correct additive causal mask.

@@ -115,6 +115,11 @@ class PaddingMaskAsMemoryMask(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "torch")
     triggers = (("memory_mask", "Transformer"),)
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:torch",),
+        ("name:Transformer", "name:TransformerDecoder", "name:TransformerDecoderLayer"),
+    )
     premise = {"torch": ">=1.2"}
     VALID = (
         Valid("""

@@ -109,6 +109,12 @@ class TargetNotShifted(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "torch")
     triggers = (("Transformer",), ("backward", "training_step"))
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:torch",),
+        ("name:Transformer", "name:TransformerDecoder", "name:TransformerDecoderLayer"),
+        ("call:backward", "call:manual_backward", "name:training_step"),
+    )
     premise = {"torch": ">=1.2"}
     VALID = (
         # The tutorial's split, sequence-first.

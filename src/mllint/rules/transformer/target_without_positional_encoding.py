@@ -72,6 +72,11 @@ class TargetWithoutPositionalEncoding(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "torch")
     triggers = (("Transformer",),)
+    # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
+    requires = (
+        ("import:torch",),
+        ("name:Transformer", "name:TransformerDecoder", "name:TransformerDecoderLayer"),
+    )
     premise = {"torch": ">=1.2"}
     VALID = (
         # pytorch/examples' shape: the same module on both sides.
