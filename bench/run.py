@@ -21,6 +21,7 @@ import argparse
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -158,14 +159,17 @@ def _tree_rss(root: int) -> int:
 
 
 def run(name: str, argv: Sequence[str], files: int, cwd: Optional[Path] = None, repeat: int = 1,
-        env: Optional[Dict[str, str]] = None, note: str = "", check_codes=(0, 1)) -> Measure:
+        env: Optional[Dict[str, str]] = None, note: str = "", check_codes=(0, 1),
+        timeout: Optional[float] = None) -> Measure:
+    """Run ``argv`` and measure it; past ``timeout`` seconds it is stopped and its wall time is
+    the timeout, a lower bound (said in the row's note)."""
     best: Optional[Measure] = None
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         peak = [0]
         start = time.perf_counter()
         process = subprocess.Popen(list(argv), cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
         stop = threading.Event()
 
         def sample() -> None:
@@ -177,7 +181,15 @@ def run(name: str, argv: Sequence[str], files: int, cwd: Optional[Path] = None, 
         if os.path.isdir("/proc"):
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-        out, err = process.communicate()
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            stop.set()
+            print(f"  {name}: stopped unfinished after {timeout:.0f} s", file=sys.stderr)
+            return Measure(name, float(timeout or 0), peak[0] / 2**20, files,
+                           f"stopped unfinished after {timeout:.0f} s: a lower bound", "")
         wall = time.perf_counter() - start
         stop.set()
         if sampler:
@@ -292,6 +304,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--write", type=Path, help="write the tables into this markdown file")
     parser.add_argument("--no-peers", action="store_true", help="skip ruff and TorchFix")
+    parser.add_argument("--torchfix-timeout", type=float, default=600,
+                        help="stop TorchFix after this many seconds (its row is then a lower bound)")
     parser.add_argument("--no-libcst", action="store_true", help="skip the libcst parse-only pass")
     parser.add_argument("--profile", action="store_true", help="add a cProfile summary of a cold run")
     parser.add_argument("--compare-triage", action="store_true",
@@ -366,7 +380,7 @@ def main() -> None:
                                  [ruff, "check", "--cache-dir", str(ruff_cache), "--exit-zero", "-q", str(corpus)], files,
                                  repeat=args.repeat))
             add("torchfix", run(f"TorchFix, {jobs} jobs", [str(bin_dir / "torchfix"), "-j", jobs, str(corpus)], files,
-                                check_codes=(0, 1)))
+                                check_codes=(0, 1), timeout=args.torchfix_timeout))
         single = None
         big = big_file(work)
         single = run("mllint on one 10,000-line file", mllint([str(big), "--no-cache", *concise]), 1)

@@ -19,10 +19,10 @@ byte for byte (and inode) as it was, while it writes exactly ``fix_source``'s re
 from __future__ import annotations
 
 import ast
-import builtins
 import difflib
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,9 @@ from clihelp import run
 from mllint import Settings, fix_source, lint_source
 from mllint.core.registry import default_registry
 from rule_cases import case_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import check_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = default_registry()
@@ -78,37 +81,12 @@ def settings_for(program: Program, select: Tuple[str, ...], unsafe: bool) -> Set
 
 # -- names used but bound nowhere --------------------------------------------------------------
 
-_MODULE_NAMES = {"__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__",
-                 "__builtins__", "__path__", "__annotations__", "__dict__", "__class__"}
-
-
 def unbound_names(source: str) -> Optional[Set[str]]:
     """Names loaded somewhere in the module and bound nowhere in it (assignment, import, def,
     class, parameter, for/with/except target, comprehension, walrus, global, match capture) and
-    not builtins. None when the module has a star import (anything may be bound)."""
-    tree = ast.parse(source)
-    loaded: Set[str] = set()
-    bound: Set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-        elif isinstance(node, ast.alias):
-            if node.name == "*":
-                return None
-            bound.add(node.asname or node.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            bound.update(node.names)
-        elif type(node).__name__ in ("MatchAs", "MatchStar") and getattr(node, "name", None):
-            bound.add(node.name)
-        elif type(node).__name__ == "MatchMapping" and getattr(node, "rest", None):
-            bound.add(node.rest)
-    return loaded - bound - set(dir(builtins)) - _MODULE_NAMES
+    not builtins. None when the module has a star import (anything may be bound). The judgement
+    lives in ``bench/check_corpus.py`` so the corpus check applies the same one."""
+    return check_corpus.unbound_names(ast.parse(source))
 
 
 def test_unbound_names_sees_every_kind_of_binding():
