@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from mllint import Settings
 from mllint import runner
 from mllint.runner import Mode, check_files, default_jobs

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from pathspec import PathSpec
 
-from mllint.core.diagnostic import Diagnostic, Location
+from mllint.core.diagnostic import Diagnostic
 from mllint.core.engine import fix_source, lint_source, system_diagnostic
 from mllint.core.locator import Locator
 from mllint.core.suppression import parse_suppressions

@@ -33,7 +33,7 @@ import libcst as cst
 from mllint.analysis.dataflow import Assignments
 from mllint.analysis.hf import is_tokenizer_kind
 from mllint.analysis.instances import UNKNOWN, Instances
-from mllint.analysis.names import dotted
+from mllint.analysis.names import dotted, string_value
 from mllint.analysis.signatures import TOKENIZER_CALL, bind
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ class Batches:
         text = binding.value("text") if method != "apply_chat_template" else (
             call.args[0].value if call.args and call.args[0].keyword is None else None)
         padding = binding.value("padding")
-        padding_text = None if padding is None else _string(padding) or _last_name(padding)
+        padding_text = None if padding is None else string_value(padding) or _last_name(padding)
         if padding is None or padding_text in _PADDING_OFF:
             return Origin(Provenance.SINGLE, call, tokenizer=tokenizer)
         if padding_text not in _PADDING_ON:
@@ -290,12 +290,6 @@ def _with_encoding(origin: Origin, encoding: cst.BaseExpression) -> Origin:
     if origin.provenance is Provenance.UNKNOWN:
         return origin
     return Origin(origin.provenance, origin.node, origin.encoding or encoding, origin.tokenizer)
-
-
-def _string(node: cst.BaseExpression) -> Optional[str]:
-    if isinstance(node, cst.SimpleString) and isinstance(node.evaluated_value, str):
-        return node.evaluated_value
-    return None
 
 
 def _last_name(node: cst.BaseExpression) -> Optional[str]:

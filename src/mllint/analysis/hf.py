@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, FrozenSet, Iterable, List, Optional, Sequence
 import libcst as cst
 
 from mllint.analysis.dataflow import strip_transparent
-from mllint.analysis.names import dotted
+from mllint.analysis.names import dotted, string_value
 from mllint.analysis.signatures import CALLS, bind
 
 if TYPE_CHECKING:
@@ -133,12 +133,6 @@ class LabelMasking:
     description: str
 
 
-def _string_value(node: cst.BaseExpression) -> Optional[str]:
-    if isinstance(node, cst.SimpleString):
-        return node.evaluated_value if isinstance(node.evaluated_value, str) else None
-    return None
-
-
 def _is_tokenizer_loader(ctx: "Context", call: cst.Call) -> bool:
     func = call.func
     if not (isinstance(func, cst.Attribute) and func.attr.value == "from_pretrained"):
@@ -178,12 +172,12 @@ class HfFacts:
                 mapping = call.args[0].value
                 if isinstance(mapping, cst.Dict):
                     for element in mapping.elements:
-                        if isinstance(element, cst.DictElement) and _string_value(element.key) == "pad_token":
+                        if isinstance(element, cst.DictElement) and string_value(element.key) == "pad_token":
                             yield PadAssignment(element, self._statement(call), ctx.code(func.value),
                                                 element.value, "add_special_tokens",
                                                 is_eos_expr(element.value), ctx.order(call))
             elif isinstance(func, cst.Name) and func.value == "setattr" and len(call.args) >= 3:
-                if _string_value(call.args[1].value) in PAD_ATTRS:
+                if string_value(call.args[1].value) in PAD_ATTRS:
                     value = call.args[2].value
                     yield PadAssignment(call, self._statement(call), ctx.code(call.args[0].value), value,
                                         "setattr", is_eos_expr(value), ctx.order(call))
@@ -193,8 +187,8 @@ class HfFacts:
                 if pad is None:
                     continue
                 eos = keywords.get("eos_token")
-                same_literal = (eos is not None and _string_value(pad.value) is not None
-                                and _string_value(pad.value) == _string_value(eos.value))
+                same_literal = (eos is not None and string_value(pad.value) is not None
+                                and string_value(pad.value) == string_value(eos.value))
                 parent = ctx.parent(call)
                 receiver = ""
                 if isinstance(parent, cst.Assign) and len(parent.targets) == 1:

@@ -54,6 +54,13 @@ def canonical(name: str) -> str:
     return name
 
 
+def string_value(node: Optional[cst.BaseExpression]) -> Optional[str]:
+    """The text of a plain string literal (``"left"``), else None (f-strings, bytes, names)."""
+    if isinstance(node, cst.SimpleString) and isinstance(node.evaluated_value, str):
+        return node.evaluated_value
+    return None
+
+
 def dotted(node: cst.BaseExpression) -> Optional[str]:
     """``a.b.c`` for a chain of names and attributes, else None."""
     if isinstance(node, cst.Name):

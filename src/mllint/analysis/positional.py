@@ -37,7 +37,7 @@ import libcst as cst
 
 from mllint.analysis.dataflow import Assignments
 from mllint.analysis.instances import Instances
-from mllint.analysis.names import dotted
+from mllint.analysis.names import dotted, string_value
 
 if TYPE_CHECKING:
     from mllint.core.context import Context
@@ -92,12 +92,6 @@ def _is_self_attribute(node: cst.BaseExpression) -> bool:
     return isinstance(node, cst.Attribute) and isinstance(node.value, cst.Name) and node.value.value == "self"
 
 
-def _string(node: cst.BaseExpression) -> Optional[str]:
-    if isinstance(node, cst.SimpleString) and isinstance(node.evaluated_value, str):
-        return node.evaluated_value
-    return None
-
-
 class Positional:
     def __init__(self, ctx: "Context") -> None:
         self.ctx = ctx
@@ -116,8 +110,8 @@ class Positional:
         for owner, calls in self.calls_in.items():
             for call in calls:
                 if isinstance(call.func, cst.Attribute) and call.func.attr.value == "register_buffer" \
-                        and call.args and _string(call.args[0].value):
-                    self.buffers.setdefault(owner, set()).add(_string(call.args[0].value) or "")
+                        and call.args and string_value(call.args[0].value):
+                    self.buffers.setdefault(owner, set()).add(string_value(call.args[0].value) or "")
         # ``self.<name>`` read in a method of the class other than ``__init__``.
         self.used: Dict[cst.ClassDef, Set[str]] = {}
         for node in ctx.nodes(cst.Attribute):

@@ -36,7 +36,7 @@ import libcst as cst
 from mllint.analysis.batches import Batches, subscript_key
 from mllint.analysis.dataflow import Assignments, strip_transparent
 from mllint.analysis.hf import DCLM, SFT_TRAINER, HfFacts
-from mllint.analysis.names import dotted
+from mllint.analysis.names import dotted, string_value
 from mllint.analysis.signatures import CALLS, TOKENIZER_CALL, bind
 
 if TYPE_CHECKING:
@@ -397,7 +397,7 @@ class TrainingText:
         if isinstance(value, cst.Dict):  # a template table: PROMPTS["alpaca"]
             key = subscript_key(node)
             elements = [e for e in value.elements if isinstance(e, cst.DictElement)]
-            chosen = [e.value for e in elements if key is None or _string(e.key) == key]
+            chosen = [e.value for e in elements if key is None or string_value(e.key) == key]
             if not chosen:
                 out.add("opaque", node, last)
             for element in chosen:
@@ -628,12 +628,6 @@ def _strip(expr: cst.BaseExpression) -> cst.BaseExpression:
             return stripped
 
 
-def _string(node: Optional[cst.BaseExpression]) -> Optional[str]:
-    if isinstance(node, cst.SimpleString) and isinstance(node.evaluated_value, str):
-        return node.evaluated_value
-    return None
-
-
 def _unescape(raw: str) -> str:
     """The whitespace escapes of an f-string's source text as the characters they stand for."""
     return raw.replace("\\n", "\n").replace("\\t", "\t").replace("\\r", "\r")
@@ -655,7 +649,7 @@ def _blank(node: cst.CSTNode) -> bool:
 def _dict_value(mapping: cst.BaseExpression, key: str) -> Optional[cst.BaseExpression]:
     if isinstance(mapping, cst.Dict):
         for element in mapping.elements:
-            if isinstance(element, cst.DictElement) and _string(element.key) == key:
+            if isinstance(element, cst.DictElement) and string_value(element.key) == key:
                 return element.value
     return None
 

@@ -9,11 +9,11 @@ from typing import Collection, Dict, List, Optional, Sequence, Set, Tuple, Type
 import libcst as cst
 
 from mllint.core.context import Context
-from mllint.core.diagnostic import Applicability, Diagnostic, Location, Severity
+from mllint.core.diagnostic import Diagnostic, Location
 from mllint.core.locator import Locator
 from mllint.core.registry import Registry, default_registry
 from mllint.core.rule import Rule, SystemRule
-from mllint.core.suppression import Suppressions, commentable_rows, parse_suppressions
+from mllint.core.suppression import commentable_rows, parse_suppressions
 from mllint.core.triage import Compiled, TriageError, compile_groups, facts_for, parse_quietly, text_allows
 from mllint.settings import Settings, enabled_codes, premise_holds
 

@@ -4,7 +4,7 @@ from typing import Iterator, List, Optional
 
 import libcst as cst
 
-from mllint.analysis.hf import HfFacts, LabelMasking, PadAssignment
+from mllint.analysis.hf import HfFacts, PadAssignment
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Edit, Fix, Severity
 from mllint.core.rule import Invalid, Option, Rule, Valid

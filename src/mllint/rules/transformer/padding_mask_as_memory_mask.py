@@ -285,7 +285,7 @@ class PaddingMaskAsMemoryMask(Rule):
             reason, hf_polarity = evidence
             cls = sorted(kinds)[0].replace("torch.nn.", "nn.")
             mask = ctx.code(value)
-            help_text = (f"Pass it as `memory_key_padding_mask` (shape (N, S), True = padding)"
+            help_text = ("Pass it as `memory_key_padding_mask` (shape (N, S), True = padding)"
                          + (f", inverted: `memory_key_padding_mask=({mask}) == 0`" if hf_polarity else ""))
             yield ctx.report(
                 binding.args["memory_mask"],
