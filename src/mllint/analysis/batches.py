@@ -34,7 +34,7 @@ from mllint.analysis.dataflow import Assignments
 from mllint.analysis.hf import is_tokenizer_kind
 from mllint.analysis.instances import UNKNOWN, Instances
 from mllint.analysis.names import dotted, string_value
-from mllint.analysis.signatures import TOKENIZER_CALL, bind
+from mllint.analysis.signatures import TOKENIZER_CALL, Binding, bind
 
 if TYPE_CHECKING:
     from mllint.core.context import Context
@@ -81,6 +81,14 @@ def subscript_key(node: cst.BaseExpression) -> Optional[str]:
         if isinstance(key, cst.SimpleString) and isinstance(key.evaluated_value, str):
             return key.evaluated_value
     return None
+
+
+def encoding_key(expr: cst.BaseExpression) -> Optional[str]:
+    """``"input_ids"`` for ``x["input_ids"]`` and ``x.input_ids`` (device moves looked through)."""
+    expr = strip_moves(expr)
+    if isinstance(expr, cst.Attribute):
+        return expr.attr.value
+    return subscript_key(expr)
 
 
 class Batches:
@@ -138,6 +146,39 @@ class Batches:
         if moved is not None:  # {k: v.to(device) for k, v in batch.items()}: the same batch
             return self.origin(moved, depth + 1)
         return _UNKNOWN_ORIGIN
+
+    def generate_ids(self, binding: Binding) -> Optional[Tuple[cst.Arg, Origin]]:
+        """The argument holding the token ids of a ``generate()`` call (bound to ``GENERATE``) and
+        where they come from, when they are token ids (``input_ids``, or a chat template's ids)
+        of a padded or collated batch. Image or audio inputs (``pixel_values``) give None."""
+        arg = binding.args.get("inputs") or binding.kwargs.get("input_ids")
+        if arg is None:
+            return None
+        origin = self.origin(arg.value)
+        if not origin.batched:
+            return None
+        key = self._ids_key(arg.value)
+        if key in ID_KEYS:
+            return arg, origin
+        node = origin.node
+        chat_ids = (key is None and isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
+                    and node.func.attr.value == "apply_chat_template")
+        return (arg, origin) if chat_ids else None
+
+    def _ids_key(self, expr: cst.BaseExpression) -> Optional[str]:
+        """The key the ids were read from, following local assignments (``ids = enc.input_ids``)."""
+        for _ in range(8):
+            key = encoding_key(expr)
+            if key is not None:
+                return key
+            expr = strip_moves(expr)
+            if not isinstance(expr, cst.Name):
+                return None
+            value = self.flow.reaching(expr)
+            if value is None:
+                return None
+            expr = value
+        return None
 
     def _call_origin(self, call: cst.Call) -> Origin:
         found = self.tokenizer_call(call)

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional
 
 import libcst as cst
 from packaging.version import Version
 
-from mllint.analysis.batches import ID_KEYS, Batches, Origin, Provenance, strip_moves, subscript_key
-from mllint.analysis.dataflow import Assignments
+from mllint.analysis.batches import Batches, Origin, Provenance, encoding_key, strip_moves
 from mllint.analysis.hf import DECODER_ONLY, ENCODER_DECODER, families, is_hf_model
 from mllint.analysis.instances import Instances
 from mllint.analysis.names import dotted
-from mllint.analysis.signatures import GENERATE, TOKENIZER_CALL, Binding, bind
+from mllint.analysis.signatures import GENERATE, TOKENIZER_CALL, bind
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
@@ -18,49 +17,6 @@ from mllint.core.rule import Invalid, Rule, Valid
 _TRANSFORMERS_5 = Version("5.0")
 # Tokenizer methods whose BatchEncoding holds an ``attention_mask`` next to ``input_ids``.
 _MASKING_METHODS = ("__call__", "batch_encode_plus", "encode_plus", "pad")
-
-
-def _key(expr: cst.BaseExpression) -> Optional[str]:
-    """``"input_ids"`` for ``x["input_ids"]`` and ``x.input_ids`` (device moves looked through)."""
-    expr = strip_moves(expr)
-    if isinstance(expr, cst.Attribute):
-        return expr.attr.value
-    return subscript_key(expr)
-
-
-def _ids_key(expr: cst.BaseExpression, flow: Assignments) -> Optional[str]:
-    """The key the ids were read from, following local assignments (``ids = enc.input_ids``)."""
-    for _ in range(8):
-        key = _key(expr)
-        if key is not None:
-            return key
-        expr = strip_moves(expr)
-        if not isinstance(expr, cst.Name):
-            return None
-        value = flow.reaching(expr)
-        if value is None:
-            return None
-        expr = value
-    return None
-
-
-def generate_ids(ctx: Context, call: cst.Call, binding: Binding) -> Optional[Tuple[cst.Arg, Origin]]:
-    """The argument holding the token ids of a ``generate()`` call and where they come from,
-    when they are token ids (``input_ids``, or a chat template's ids) of a padded or collated
-    batch. Image or audio inputs (``pixel_values``, ``input_features``) give None."""
-    arg = binding.args.get("inputs") or binding.kwargs.get("input_ids")
-    if arg is None:
-        return None
-    origin = ctx.get(Batches).origin(arg.value)
-    if not origin.batched:
-        return None
-    key = _ids_key(arg.value, ctx.get(Assignments))
-    if key in ID_KEYS:
-        return arg, origin
-    node = origin.node
-    chat_ids = (key is None and isinstance(node, cst.Call) and isinstance(node.func, cst.Attribute)
-                and node.func.attr.value == "apply_chat_template")
-    return (arg, origin) if chat_ids else None
 
 
 class GenerateWithoutAttentionMask(Rule):
@@ -377,7 +333,7 @@ class GenerateWithoutAttentionMask(Rule):
             kinds = instances.kinds(func.value, call)
             if not is_hf_model(kinds):
                 continue
-            found = generate_ids(ctx, call, binding)
+            found = ctx.get(Batches).generate_ids(binding)
             if found is None:
                 continue
             arg, origin = found
@@ -420,7 +376,7 @@ class GenerateWithoutAttentionMask(Rule):
         """``ids`` with its ``input_ids`` key turned into ``attention_mask`` (same spelling, same
         device moves), when ``ids`` reads that key straight from the encoding."""
         key_node = strip_moves(ids)
-        if _key(key_node) != "input_ids" or origin.encoding is None:
+        if encoding_key(key_node) != "input_ids" or origin.encoding is None:
             return None
         base = key_node.value  # type: ignore[attr-defined]
         if dotted(base) is None or ctx.code(base) != ctx.code(origin.encoding):

@@ -13,7 +13,6 @@ from mllint.analysis.signatures import GENERATE, bind
 from mllint.core.context import Context
 from mllint.core.diagnostic import Diagnostic, Severity
 from mllint.core.rule import Invalid, Rule, Valid
-from mllint.rules.generation.generate_without_attention_mask import generate_ids
 
 GENERATION_CONFIG = "transformers.GenerationConfig"
 # From 4.42 a config passed to generate() gets every unset special id from the model's own
@@ -297,7 +296,7 @@ class GenerateWithoutSpecialTokenIds(Rule):
                              "passed to `generate()`, so without `eos_token_id` generation does not "
                              "stop at EOS and runs to the length limit")
             if "pad_token_id" not in given and not binding.maybe_passed("attention_mask") \
-                    and generate_ids(ctx, call, binding) is not None:
+                    and ctx.get(Batches).generate_ids(binding) is not None:
                 harms.append(f"transformers {version} infers the attention mask from the passed "
                              "config's `pad_token_id`, which is unset, so this padded batch (given no "
                              "`attention_mask`) attends to its padding")

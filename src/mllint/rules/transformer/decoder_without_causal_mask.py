@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import libcst as cst
 from packaging.version import Version
@@ -11,15 +10,10 @@ from mllint.analysis.dataflow import Assignments, strip_transparent
 from mllint.analysis.instances import Instances, constructor_of
 from mllint.analysis.names import canonical, dotted
 from mllint.analysis.positional import Positional
-from mllint.analysis.signatures import CALLS, INSTANCE_CALLS, Binding, bind
+from mllint.analysis.torch_modules import TRANSFORMER, DecoderCall, decoder_call, is_none, literal_bool
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
-
-TRANSFORMER = "torch.nn.Transformer"
-DECODER = "torch.nn.TransformerDecoder"
-DECODER_LAYER = "torch.nn.TransformerDecoderLayer"
-DECODER_CLASSES = (TRANSFORMER, DECODER, DECODER_LAYER)
 
 # Learned queries and latents (DETR, Perceiver, Q-Former) are a set decoded at once; tokens
 # replaced by a mask token (MaskGIT, masked LM) are predicted all at once too.
@@ -32,94 +26,6 @@ _PLACEHOLDERS = frozenset({
 _PLACEHOLDER_METHODS = frozenset({"new_zeros", "new_ones", "new_full", "new_empty", "zero_"})
 _CONCAT = frozenset({"torch.cat", "torch.concat", "torch.concatenate", "torch.hstack", "torch.vstack",
                      "torch.stack"})
-
-
-@dataclass(frozen=True)
-class DecoderCall:
-    """A call of an ``nn.Transformer``, ``nn.TransformerDecoder`` or ``nn.TransformerDecoderLayer``."""
-
-    call: cst.Call
-    kinds: FrozenSet[str]
-    binding: Binding
-    batch_first: Optional[bool]  # from the constructor; None when it cannot be read
-    custom: Optional[bool]  # a custom decoder or decoder layer runs instead of torch's (None: unknown)
-
-    @property
-    def label(self) -> str:
-        kind = TRANSFORMER if TRANSFORMER in self.kinds else sorted(self.kinds)[0]
-        return kind.replace("torch.nn.", "nn.")
-
-
-def decoder_call(ctx: Context, call: cst.Call) -> Optional[DecoderCall]:
-    """``call`` as a call of a torch transformer decoder, bound to its ``forward`` signature."""
-    instances = ctx.get(Instances)
-    receiver = call.func
-    if isinstance(receiver, cst.Attribute) and receiver.attr.value == "forward":
-        receiver = receiver.value
-    if not isinstance(receiver, (cst.Name, cst.Attribute, cst.Call)):
-        return None
-    kinds = instances.kinds(receiver, call)
-    if not kinds or not all(k in DECODER_CLASSES for k in kinds):
-        return None
-    signatures = {INSTANCE_CALLS[k] for k in kinds}
-    if len(signatures) != 1:
-        return None
-    batch_first, custom = _configuration(ctx, instances, receiver, call)
-    return DecoderCall(call, kinds, bind(call, signatures.pop()), batch_first, custom)
-
-
-def _literal_bool(expr: Optional[cst.BaseExpression], default: bool) -> Optional[bool]:
-    if expr is None:
-        return default
-    if isinstance(expr, cst.Name) and expr.value in ("True", "False"):
-        return expr.value == "True"
-    return None
-
-
-def _is_none(expr: Optional[cst.BaseExpression]) -> bool:
-    return isinstance(expr, cst.Name) and expr.value == "None"
-
-
-def _configuration(ctx: Context, instances: Instances, receiver: cst.BaseExpression, at: cst.CSTNode):
-    """``(batch_first, custom)`` of the module ``receiver`` is, read from its constructor call:
-    ``custom`` is True for ``custom_decoder=`` or a decoder layer of a local class, None when the
-    constructor or the layer cannot be found."""
-    if isinstance(receiver, cst.Attribute) and receiver.attr.value == "decoder" \
-            and instances.kinds(receiver.value, at) == {TRANSFORMER}:
-        receiver = receiver.value  # nn.Transformer(...).decoder is configured by the Transformer
-    ctor = constructor_of(instances, receiver, at)
-    kind = _constructed(ctx, ctor)
-    if ctor is None or kind is None:
-        return None, None
-    args = bind(ctor, CALLS[kind])
-    if args.opaque:
-        return None, None
-    if kind == TRANSFORMER:
-        if args.passed("custom_decoder") and not _is_none(args.value("custom_decoder")):
-            return None, True
-    elif kind == DECODER:
-        value = args.value("decoder_layer")
-        layer = None if value is None else constructor_of(instances, value, ctor)
-        if layer is None:
-            return None, None
-        if _constructed(ctx, layer) != DECODER_LAYER:
-            local = isinstance(layer.func, cst.Name) and any(
-                c.name.value == layer.func.value for c in ctx.nodes(cst.ClassDef))
-            # A layer class of this module or of another library (rotary, relative positions,
-            # its own masking), or nothing known.
-            return None, True if local or ctx.names.resolve(layer.func) else None
-        args = bind(layer, CALLS[DECODER_LAYER])
-        if args.opaque:
-            return None, False
-    return _literal_bool(args.value("batch_first"), False), False
-
-
-def _constructed(ctx: Context, ctor: Optional[cst.Call]) -> Optional[str]:
-    """The decoder class a constructor call makes, when it is one of torch's."""
-    if ctor is None:
-        return None
-    kinds = ctx.names.resolve(ctor.func)
-    return next(iter(kinds)) if len(kinds) == 1 and next(iter(kinds)) in DECODER_CLASSES else None
 
 
 def _module_path(ctx: Context) -> Optional[str]:
@@ -513,11 +419,11 @@ class DecoderWithoutCausalMask(Rule):
                 continue
             binding = found.binding
             tgt = binding.value("tgt")
-            if tgt is None or (binding.passed("tgt_mask") and not _is_none(binding.value("tgt_mask"))):
+            if tgt is None or (binding.passed("tgt_mask") and not is_none(binding.value("tgt_mask"))):
                 continue
             hint = binding.value("tgt_is_causal")
             if hint is not None:
-                if _literal_bool(hint, False) is True:
+                if literal_bool(hint, False) is True:
                     yield ctx.report(
                         binding.args["tgt_is_causal"],
                         f"`tgt_is_causal=True` without a `tgt_mask`: the hint does not build a mask. "

@@ -6,14 +6,12 @@ from typing import Iterator, Optional, Tuple
 import libcst as cst
 
 from mllint.analysis.dataflow import Assignments, strip_transparent
-from mllint.analysis.instances import Instances
 from mllint.analysis.names import dotted
-from mllint.analysis.signatures import INSTANCE_CALLS, Binding, bind
+from mllint.analysis.signatures import Binding
+from mllint.analysis.torch_modules import decoder_call
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
-
-DECODER_CLASSES = ("torch.nn.Transformer", "torch.nn.TransformerDecoder", "torch.nn.TransformerDecoderLayer")
 
 # A name that says "key padding" (src_padding_mask, pad_mask, enc_attention_mask, ...) ...
 _PADDING_NAME = re.compile(r"(^|_)(pad|padding)(_|$)|key_padding|attention_mask", re.IGNORECASE)
@@ -261,21 +259,12 @@ class PaddingMaskAsMemoryMask(Rule):
     )
 
     def check(self, ctx: Context) -> Iterator[Diagnostic]:
-        instances = ctx.get(Instances)
         flow = ctx.get(Assignments)
         for call in ctx.nodes(cst.Call):
-            receiver = call.func
-            if isinstance(receiver, cst.Attribute) and receiver.attr.value == "forward":
-                receiver = receiver.value
-            if not isinstance(receiver, (cst.Name, cst.Attribute, cst.Call)):
+            found = decoder_call(ctx, call)
+            if found is None:
                 continue
-            kinds = instances.kinds(receiver, call)
-            if not kinds or not all(k in DECODER_CLASSES for k in kinds):
-                continue
-            signatures = {INSTANCE_CALLS[k] for k in kinds}
-            if len(signatures) != 1:
-                continue
-            binding = bind(call, signatures.pop())
+            binding = found.binding
             value = binding.value("memory_mask")
             if value is None:
                 continue
@@ -283,7 +272,7 @@ class PaddingMaskAsMemoryMask(Rule):
             if evidence is None:
                 continue
             reason, hf_polarity = evidence
-            cls = sorted(kinds)[0].replace("torch.nn.", "nn.")
+            cls = found.label
             mask = ctx.code(value)
             help_text = ("Pass it as `memory_key_padding_mask` (shape (N, S), True = padding)"
                          + (f", inverted: `memory_key_padding_mask=({mask}) == 0`" if hf_polarity else ""))

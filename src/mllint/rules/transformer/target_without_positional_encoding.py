@@ -5,10 +5,10 @@ from typing import Iterator, Optional, Tuple
 import libcst as cst
 
 from mllint.analysis.positional import Flow, Positional
+from mllint.analysis.torch_modules import TRANSFORMER, DecoderCall, decoder_call
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
-from mllint.rules.transformer.decoder_without_causal_mask import TRANSFORMER, DecoderCall, decoder_call
 
 
 class TargetWithoutPositionalEncoding(Rule):
