@@ -63,6 +63,9 @@ class Settings:
     respect_gitignore: bool = True
     force_exclude: bool = False
     target_versions: Mapping[str, Version] = field(default_factory=dict)
+    # package -> where its target version came from (``--target-version``, a config file, a pin
+    # such as ``requirements.txt:3``); packages set explicitly are never overridden by pins.
+    version_sources: Mapping[str, str] = field(default_factory=dict)
     unsafe_fixes: bool = False
     preview: bool = False
     rule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -152,9 +155,11 @@ def enabled_codes(settings: Settings, rules: Mapping[str, Any], path: Optional[s
 
 
 def premise_holds(rule: Any, settings: Settings) -> bool:
+    from mllint.versions import resolve
+
     for package, spec in rule.premise.items():
-        version = settings.target_versions.get(package)
-        if version is not None and version not in SpecifierSet(spec):
+        version = resolve(package, settings.target_versions, settings.version_sources)[0]
+        if version is not None and version not in SpecifierSet(spec, prereleases=True):
             return False
     return True
 

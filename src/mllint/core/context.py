@@ -189,7 +189,24 @@ class Context:
         return self.get(ImportMap)
 
     def target_version(self, package: str) -> Optional["Version"]:
-        return self.settings.target_versions.get(package)
+        """The version of ``package`` this file targets: configured, pinned in the project, or
+        else the latest mllint knows (None only for packages mllint does not track)."""
+        from mllint.versions import resolve
+
+        return resolve(package, self.settings.target_versions, self.settings.version_sources)[0]
+
+    def version_source(self, package: str) -> Optional[str]:
+        """Where the target version came from (``requirements.txt:3``, ``--target-version``...),
+        or None when it is only assumed to be the latest."""
+        from mllint.versions import resolve
+
+        return resolve(package, self.settings.target_versions, self.settings.version_sources)[1]
+
+    def version_fact(self, package: str) -> str:
+        """``trl 0.15.2 (requirements.txt:3)``: the version and its source, for messages."""
+        from mllint.versions import describe
+
+        return describe(package, self.settings.target_versions, self.settings.version_sources)
 
     def code(self, node: cst.CSTNode) -> str:
         return self.module.code_for_node(node)

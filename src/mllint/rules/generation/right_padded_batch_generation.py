@@ -438,7 +438,7 @@ class RightPaddedBatchGeneration(Rule):
         if per_call:
             end = ctx.span(tok_call.args[-1].value)[1]
             argument = ctx.edit(end, end, f", padding_side={left}")
-            if version is not None:
+            if ctx.version_source("transformers") is not None:  # known, not assumed
                 return ctx.fix("Pass `padding_side=\"left\"` to the tokenizer call", Applicability.UNSAFE, argument)
         statement = ctx.enclosing(tok_call, cst.SimpleStatementLine)
         path = dotted(tokenizer)
