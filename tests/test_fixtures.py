@@ -1,6 +1,7 @@
 """Scenario fixtures: realistic files per rule, with the findings (and fixes) they must give.
 
-``tests/fixtures/<CODE>/<case>.py`` is checked with the default settings; ``<case>.expected``
+``tests/fixtures/<CODE>/<case>.py`` is checked with the default rules plus ``<CODE>`` itself (so
+rules that are off by default have scenarios too); ``<case>.expected``
 lists ``row:col CODE`` per finding (empty for near-miss negatives); ``<case>.fixed.py``, when
 present, is the result of ``fix_source(..., unsafe=True)``. Regenerate with
 ``pytest tests/test_fixtures.py --update-fixtures`` and review the diff.
@@ -26,7 +27,8 @@ def _expected_text(diagnostics) -> str:
 @pytest.mark.parametrize("path", CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_fixture(path: Path, request) -> None:
     source = path.read_text(encoding="utf-8")
-    diagnostics = lint_source(source, str(path), Settings())
+    settings = Settings(extend_select=(path.parent.name,))
+    diagnostics = lint_source(source, str(path), settings)
     expected_path = path.with_suffix(".expected")
     fixed_path = path.with_name(path.stem + ".fixed.py")
     if request.config.getoption("--update-fixtures"):
@@ -35,10 +37,10 @@ def test_fixture(path: Path, request) -> None:
     if path.stem.startswith("near_miss"):
         assert not diagnostics, "near-miss fixtures must stay silent"
     if fixed_path.exists():
-        result = fix_source(source, str(path), Settings(), unsafe=True)
+        result = fix_source(source, str(path), settings, unsafe=True)
         cst.parse_module(result.source)
         assert result.source == fixed_path.read_text(encoding="utf-8")
-        assert fix_source(result.source, str(path), Settings(), unsafe=True).source == result.source
+        assert fix_source(result.source, str(path), settings, unsafe=True).source == result.source
 
 
 def test_every_rule_with_cases_has_scenarios() -> None:

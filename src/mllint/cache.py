@@ -113,6 +113,7 @@ def settings_fingerprint(settings: Settings) -> str:
         "select": settings.select, "extend_select": settings.extend_select, "ignore": settings.ignore,
         "per_file_ignores": settings.per_file_ignores, "root": settings.root,
         "target_versions": sorted((k, str(v)) for k, v in settings.target_versions.items()),
+        "version_sources": sorted(settings.version_sources.items()),
         "unsafe_fixes": settings.unsafe_fixes, "preview": settings.preview,
         "rule_options": settings.rule_options, "triage": settings.triage,
         "cwd": os.getcwd() if settings.root is None else None,

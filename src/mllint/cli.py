@@ -22,6 +22,7 @@ from mllint.output.text import RenderOptions
 from mllint.cache import ENV_CACHE_DIR
 from mllint.runner import FileResult, Mode, check_files, discover, process_stdin
 from mllint.settings import ConfigError, ConfigResolver, Settings, enabled_codes, normalize_codes, parse_version, validate_selectors
+from mllint.versions import TRACKED, canonical_package, describe
 
 INTERNAL_ERROR = "MLL999"
 
@@ -54,7 +55,7 @@ def _target_versions(values: Sequence[str]) -> Dict[str, Any]:
             package, sep, version = item.partition("=")
             if not sep or not package.strip() or not version.strip():
                 raise ConfigError(f"--target-version takes PACKAGE=VERSION, not `{item}`")
-            out[package.strip().lower()] = parse_version(version.strip(), "--target-version")
+            out[canonical_package(package)] = parse_version(version.strip(), "--target-version")
     return out
 
 
@@ -280,7 +281,8 @@ def _describe_settings(settings: Settings, anchor: Path) -> str:
         f"force-exclude: {str(settings.force_exclude).lower()}",
         f"unsafe-fixes: {str(settings.unsafe_fixes).lower()}",
         f"preview: {str(settings.preview).lower()}",
-        f"target-versions: {dict((k, str(v)) for k, v in sorted(settings.target_versions.items())) or '(latest)'}",
+        "target-versions:",
+        *(f"  {describe(p, settings.target_versions, settings.version_sources)}" for p in TRACKED),
         f"rule options: {json.dumps(settings.rule_options, sort_keys=True) if settings.rule_options else '(defaults)'}",
         "enabled rules:",
     ]

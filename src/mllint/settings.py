@@ -19,6 +19,9 @@ from packaging.version import InvalidVersion, Version
 from pathspec import PathSpec
 from pathspec import util as pathspec_util
 
+from mllint.versions import canonical_package
+from mllint.versions.pins import PinFinder, with_pins
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python < 3.11 only
@@ -66,6 +69,8 @@ class Settings:
     # package -> where its target version came from (``--target-version``, a config file, a pin
     # such as ``requirements.txt:3``); packages set explicitly are never overridden by pins.
     version_sources: Mapping[str, str] = field(default_factory=dict)
+    # Packages whose target version is a project pin (a nearer pin may replace it), not explicit.
+    pinned_packages: Tuple[str, ...] = ()
     unsafe_fixes: bool = False
     preview: bool = False
     rule_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -226,9 +231,11 @@ def settings_from_table(table: Mapping[str, Any], source: str, root: Optional[st
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a table of package = \"version\"")
             changes["target_versions"] = {
-                pkg.lower(): parse_version(ver, f"`target-versions.{pkg}` of {source}")
+                canonical_package(pkg): parse_version(ver, f"`target-versions.{pkg}` of {source}")
                 for pkg, ver in value.items()
             }
+            changes["version_sources"] = {
+                pkg: f"target-versions in {_display_path(source)}" for pkg in changes["target_versions"]}
         elif key == "rules":
             changes["rule_options"] = validate_rule_options(value, source, registry)
         elif key == "cache-dir":
@@ -237,6 +244,13 @@ def settings_from_table(table: Mapping[str, Any], source: str, root: Optional[st
             base = root or os.getcwd()  # relative to the config file's directory
             changes["cache_dir"] = os.path.normpath(os.path.join(base, os.path.expanduser(value)))
     return settings.with_changes(**changes)
+
+
+def _display_path(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
 
 
 def validate_rule_options(value: Any, source: str, registry: Any) -> Dict[str, Dict[str, Any]]:
@@ -323,6 +337,7 @@ class ConfigResolver:
         self._by_config: Dict[Optional[Path], Settings] = {}
         self._by_dir: Dict[Path, Settings] = {}
         self._by_raw: Dict[Path, Settings] = {}  # by the path as given, before resolving
+        self._pins = PinFinder()
 
     def _apply(self, settings: Settings) -> Settings:
         changes = dict(self.overrides)
@@ -333,14 +348,12 @@ class ConfigResolver:
         if "extend_exclude" in changes:
             changes["extend_exclude"] = settings.extend_exclude + changes["extend_exclude"]
         if "target_versions" in changes:
-            merged = dict(settings.target_versions)
-            merged.update(changes["target_versions"])
-            changes["target_versions"] = merged
+            given = changes["target_versions"]
+            changes["target_versions"] = {**settings.target_versions, **given}
+            changes["version_sources"] = {**settings.version_sources, **{p: "--target-version" for p in given}}
         return settings.with_changes(**changes)
 
     def for_path(self, path: Path) -> Settings:
-        if self._fixed is not None:
-            return self._fixed
         raw = self._by_raw.get(path)  # a file's own path seen before (runner asks twice)
         if raw is not None:
             return raw
@@ -358,11 +371,16 @@ class ConfigResolver:
         if cached is not None:
             self._by_raw[unresolved] = self._by_raw[path] = cached
             return cached
-        config = find_config(directory)
-        settings = self._by_config.get(config)
-        if settings is None:
-            settings = self._apply(load_config(config) if config else Settings())
-            self._by_config[config] = settings
+        if self._fixed is not None:
+            settings = self._fixed
+        else:
+            config = find_config(directory)
+            settings = self._by_config.get(config)
+            if settings is None:
+                settings = self._apply(load_config(config) if config else Settings())
+                self._by_config[config] = settings
+        if not self.isolated:  # the project's pins, for packages the configuration leaves open
+            settings = with_pins(settings, self._pins.pins(directory))
         self._by_dir[directory] = settings
         self._by_raw[unresolved] = self._by_raw[path] = settings
         return settings

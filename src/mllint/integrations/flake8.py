@@ -127,13 +127,14 @@ class MllintChecker:
     @classmethod
     def _overrides(cls) -> Dict[str, Any]:
         from mllint.settings import ConfigError, parse_version
+        from mllint.versions import canonical_package
 
         versions = {}
         for item in cls.target_versions:
             package, sep, version = item.partition("=")
             if not sep or not package.strip() or not version.strip():
                 raise ConfigError(f"--mllint-target-version takes PKG=VER, not `{item}`")
-            versions[package.strip().lower()] = parse_version(version.strip(), "--mllint-target-version")
+            versions[canonical_package(package)] = parse_version(version.strip(), "--mllint-target-version")
         return {"target_versions": versions} if versions else {}
 
     @classmethod

@@ -713,13 +713,22 @@ def _sorted(diagnostics: Sequence[Diagnostic]) -> List[Diagnostic]:
     return sorted(diagnostics, key=lambda d: (d.cell or 0, d.sort_key()))
 
 
+def with_notebook_pins(settings: Any, notebook: Notebook) -> Any:
+    """``settings`` with the versions the notebook's own ``%pip install`` lines pin (nearer than
+    any requirements file; explicit target versions still win)."""
+    from mllint.settings import Settings
+    from mllint.versions.pins import magic_pins, strongest, with_pins
+
+    return with_pins(settings or Settings(), strongest(magic_pins(notebook.magics)))
+
+
 def lint_notebook(notebook: Notebook, path: str, settings: Any = None, registry: Any = None) -> List[Diagnostic]:
     """Every diagnostic of the notebook, located in its cells; fixes that cannot be applied to the
     notebook (across cells, or touching IPython syntax) are removed."""
     from mllint.core.engine import lint_source
 
     view = notebook.view
-    found = lint_source(view.text, path, settings, registry)
+    found = lint_source(view.text, path, with_notebook_pins(settings, notebook), registry)
     return _sorted([view.map_diagnostic(view.restrict(d)) for d in found])
 
 
@@ -731,7 +740,7 @@ def fix_notebook(notebook: Notebook, path: str, settings: Any = None, unsafe: Op
         INTERNAL_ERROR, INVALID_SYNTAX, MAX_FIX_ITERATIONS, apply_fixes, lint_source, system_diagnostic)
     from mllint.settings import Settings
 
-    settings = settings or Settings()
+    settings = with_notebook_pins(settings or Settings(), notebook)
     unsafe = settings.unsafe_fixes if unsafe is None else unsafe
     view = notebook.view
     diagnostics = [view.restrict(d) for d in lint_source(view.text, path, settings, registry)]
