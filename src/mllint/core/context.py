@@ -259,6 +259,7 @@ class Context:
             end_location=self.locator.location(end),
             fix=fix,
             help=help,
+            url=rule.url(),
             start=start,
             end=end,
         )

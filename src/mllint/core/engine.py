@@ -36,7 +36,7 @@ def system_diagnostic(code: str, message: str, location: Location = Location(1, 
     rule = _system(code, registry or default_registry())
     return Diagnostic(code=rule.code, name=rule.name, message=message, severity=rule.severity,
                       location=location, end_location=end_location or location,
-                      noqa_row=location.row, start=start, end=end)
+                      noqa_row=location.row, url=rule.url(), start=start, end=end)
 
 
 def _syntax_error(source: str, locator: Locator, registry: Registry) -> Optional[Diagnostic]:

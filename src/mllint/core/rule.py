@@ -106,6 +106,8 @@ class Rule:
     # target version is known for the package and lies outside, the rule is not run.
     premise: ClassVar[Mapping[str, str]] = {}
     options: ClassVar[Tuple[Option, ...]] = ()
+    # The rule's documentation page; None: mllint's own site for built-in rules, none for packs.
+    docs_url: ClassVar[Optional[str]] = None
     # False for codes that no source text can produce (file-reading problems, internal errors):
     # they are exempt from the VALID/INVALID requirement.
     source_cases: ClassVar[bool] = True
@@ -121,6 +123,16 @@ class Rule:
     @classmethod
     def explanation(cls) -> str:
         return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def url(cls) -> Optional[str]:
+        if cls.docs_url is not None:
+            return cls.docs_url
+        if cls.__module__.startswith("mllint.rules."):
+            from mllint.docs_url import rule_url
+
+            return rule_url(cls.code)
+        return None
 
     @classmethod
     def fix_availability(cls) -> str:

@@ -41,6 +41,8 @@ def rule_descriptor(rule: Any) -> Dict[str, Any]:
         "defaultConfiguration": {"level": LEVELS.get(rule.severity.value, "warning"),
                                  "enabled": bool(rule.default_enabled)},
     }
+    if rule.url():
+        descriptor["helpUri"] = rule.url()
     tags = list(dict.fromkeys(rule.tags))
     properties: Dict[str, Any] = {"fix": rule.fix_availability()}
     if tags:

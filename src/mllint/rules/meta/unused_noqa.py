@@ -146,6 +146,7 @@ def unused_noqa_diagnostics(suppressions: Suppressions, used: Dict[int, Set[str]
             fix=_fix(directive, keep, locator),
             help="Remove the unused codes from the directive",
             noqa_row=row,
+            url=UnusedNoqa.url(),
             start=directive.start,
             end=directive.end,
         )
