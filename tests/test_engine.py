@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import libcst as cst
 import pytest
+from packaging.version import Version
 
 from mllint import Applicability, Settings, fix_source, lint_source
 from mllint.core.engine import apply_fixes
@@ -65,8 +66,10 @@ def test_selection_resolution():
     chosen = enabled_codes(Settings(select=("MLL30",), ignore=("MLL301", "MLL303", "MLL304", "MLL305")), rules)
     assert "MLL302" in chosen and all(c.startswith("MLL30") for c in chosen)
     assert not {"MLL301", "MLL303", "MLL304", "MLL305"} & set(chosen)
+    # A prefix selects every rule under it, off-by-default ones included (as ruff's selectors do).
     assert enabled_codes(Settings(select=("MLL3",)), rules) == sorted(
-        code for code, rule in rules.items() if code.startswith("MLL3") and rule.default_enabled)
+        code for code, rule in rules.items() if code.startswith("MLL3") and not rule.preview)
+    assert "MLL901" not in enabled_codes(Settings(), rules)
     # The more specific selector wins; on a tie, ignore wins.
     assert "MLL101" in enabled_codes(Settings(select=("MLL101",), ignore=("MLL1",)), rules)
     assert "MLL101" not in enabled_codes(Settings(select=("MLL1",), ignore=("MLL1",)), rules)
@@ -82,7 +85,6 @@ def test_per_file_ignores(tmp_path):
 
 def test_target_version_outside_premise_disables_rule():
     source = "from torch import nn\nm = nn.Transformer()\nm(s, t, memory_mask=src_padding_mask)\n"
-    from packaging.version import Version
     assert codes(source) == ["MLL302"]
     assert codes(source, Settings(target_versions={"torch": Version("1.0")})) == []
 
@@ -180,3 +182,23 @@ def test_syntax_warnings_of_checked_code_are_not_printed():
         warnings.simplefilter("always")
         assert lint_source("x = 1if y else 2\n", "t.py", Settings()) == []
     assert not [w for w in caught if issubclass(w.category, SyntaxWarning)]
+
+
+def test_a_finding_can_be_more_severe_than_its_rule():
+    """MLL202 is a warning, but an error for encoder-decoder models from transformers 5.2, which
+    no longer infer their attention mask (the message names the version and where it came from)."""
+    from mllint.core.diagnostic import Severity
+
+    source = ('from transformers import AutoModelForSeq2SeqLM, AutoTokenizer\n'
+              'tok = AutoTokenizer.from_pretrained("t5-small")\n'
+              'model = AutoModelForSeq2SeqLM.from_pretrained("t5-small")\n'
+              'batch = tok(["a", "bb"], padding=True, return_tensors="pt")\n'
+              'out = model.generate(batch["input_ids"])\n')
+    settings = Settings(select=("MLL202",), target_versions={"transformers": Version("5.2.0")},
+                        version_sources={"transformers": "requirements.txt:1"})
+    (found,) = lint_source(source, "t.py", settings)
+    assert found.severity is Severity.ERROR
+    assert "transformers 5.2.0 (requirements.txt:1)" in found.message
+    decoder_only = source.replace("AutoModelForSeq2SeqLM", "AutoModelForCausalLM").replace("t5-small", "gpt2")
+    (warning,) = lint_source(decoder_only, "t.py", settings)
+    assert warning.severity is Severity.WARNING

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional,
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from mllint.core.diagnostic import Applicability, Diagnostic, Edit, Fix
+from mllint.core.diagnostic import Applicability, Diagnostic, Edit, Fix, Severity
 from mllint.core.locator import Locator
 
 if TYPE_CHECKING:
@@ -246,7 +246,9 @@ class Context:
 
     # -- reporting ---------------------------------------------------------------------------
     def report(self, node: cst.CSTNode, message: str, *, fix: Optional[Fix] = None,
-               help: Optional[str] = None) -> Diagnostic:
+               help: Optional[str] = None, severity: Optional[Severity] = None) -> Diagnostic:
+        """A diagnostic of the running rule on ``node``; ``severity`` overrides the rule's own for
+        this finding (e.g. a warning that is an error for one model family or library version)."""
         rule = self.rule
         assert rule is not None, "report() outside a rule"
         start, end = self.span(node)
@@ -254,7 +256,7 @@ class Context:
             code=rule.code,
             name=rule.name,
             message=message,
-            severity=rule.severity,
+            severity=severity or rule.severity,
             location=self.locator.location(start),
             end_location=self.locator.location(end),
             fix=fix,

@@ -67,7 +67,8 @@ class Invalid:
 
     ``line``: the row of the first diagnostic; ``count``: how many diagnostics; ``message``: a
     substring of the first message; ``fix``: the source after applying the rule's fixes (unsafe
-    ones too when ``applicability`` is unsafe); ``applicability``: what the first fix must be.
+    ones too when ``applicability`` is unsafe); ``applicability``: what the first fix must be;
+    ``severity``: the first diagnostic's, when it is not the rule's own.
     """
 
     code: str
@@ -77,6 +78,7 @@ class Invalid:
     fix: Optional[str] = None
     applicability: Optional[Applicability] = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    severity: Optional[Severity] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "code", _dedent(self.code))

@@ -14,7 +14,8 @@ from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
 
-_TRANSFORMERS_5 = Version("5.0")
+# transformers 5.2.0 stopped inferring the mask for encoder-decoder models (5.1.0 still did).
+_NO_ENC_DEC_INFERENCE = Version("5.2")
 # Tokenizer methods whose BatchEncoding holds an ``attention_mask`` next to ``input_ids``.
 _MASKING_METHODS = ("__call__", "batch_encode_plus", "encode_plus", "pad")
 
@@ -44,11 +45,12 @@ class GenerateWithoutAttentionMask(Rule):
     row is conditioned on pad tokens. transformers only logs "The attention mask is not set and
     cannot be inferred from input because pad token is same as eos token".
 
-    Encoder-decoder models are worse off since transformers 5.0: `generate()` infers the mask
-    only `if not kwargs_has_attention_mask and not self.config.is_encoder_decoder` (5.23.0), so
-    a T5 or BART encoder always attends to its padding. transformers 4.x inferred it for them
-    (`requires_attention_mask`, 4.57.6) and their pad and EOS ids differ (T5 0/1, BART 1/2), so
-    encoder-decoder calls are not reported when `target-versions` says transformers < 5.
+    Encoder-decoder models are worse off since transformers 5.2: `generate()` infers the mask
+    only `if not kwargs_has_attention_mask and not self.config.is_encoder_decoder` (5.2.0 to
+    5.23.0), so a T5 or BART encoder always attends to its padding; for them the finding is an
+    error. Up to 5.1 it inferred the mask for them too (`requires_attention_mask`: 4.57.6, 5.0.0,
+    5.1.0), and their pad and EOS ids differ (T5 0/1, BART 1/2), so encoder-decoder calls are
+    not reported when the target transformers version is older than 5.2.
 
     ## Example
     ```python
@@ -96,6 +98,14 @@ class GenerateWithoutAttentionMask(Rule):
     )
     premise = {"transformers": ">=4.0"}
     VALID = (
+        # transformers 5.1 still inferred the mask for encoder-decoder models (T5 pad 0 != EOS 1).
+        Valid("""
+            from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+            tok = AutoTokenizer.from_pretrained("google/flan-t5-base")
+            model = AutoModelForSeq2SeqLM.from_pretrained("google/flan-t5-base")
+            batch = tok(["summarize: a", "summarize: bb"], padding=True, return_tensors="pt")
+            out = model.generate(batch["input_ids"], max_new_tokens=32)
+            """, settings={"target_versions": {"transformers": "5.1.0"}}),
         # The whole BatchEncoding, mask included.
         Valid("""
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -211,7 +221,8 @@ class GenerateWithoutAttentionMask(Rule):
             ids = model.generate(input_ids=batch['input_ids'].to(dev))
             """,
             line=4,
-            message="since transformers 5.0",
+            message="never infers the mask for encoder-decoder models (since 5.2)",
+            severity=Severity.ERROR,
             fix="""
             from transformers import AutoModelForSeq2SeqLM
             model = AutoModelForSeq2SeqLM.from_pretrained("google/flan-t5-base").to(dev)
@@ -236,6 +247,7 @@ class GenerateWithoutAttentionMask(Rule):
             line=8,
             message="collated data-loader batch",
             applicability=Applicability.DISPLAY_ONLY,
+            severity=Severity.ERROR,
             settings={"target_versions": {"transformers": "5.23.0"}},
         ),
         # The ids went through another variable: reported, not fixed.
@@ -338,7 +350,7 @@ class GenerateWithoutAttentionMask(Rule):
                 continue
             arg, origin = found
             family = families(kinds)
-            if family == {ENCODER_DECODER} and version is not None and version < _TRANSFORMERS_5:
+            if family == {ENCODER_DECODER} and version is not None and version < _NO_ENC_DEC_INFERENCE:
                 continue
             row = ctx.locator.location(ctx.span(origin.node)[0]).row if origin.node is not None else None
             where = f" (line {row})" if row is not None else ""
@@ -346,9 +358,10 @@ class GenerateWithoutAttentionMask(Rule):
             yield ctx.report(
                 call,
                 f"`{ctx.code(arg.value)}` comes from {origin.provenance.value}{where}, but "
-                f"`{ctx.code(func)}()` gets no `attention_mask`: {self._consequence(family)}",
+                f"`{ctx.code(func)}()` gets no `attention_mask`: {self._consequence(ctx, family)}",
                 fix=self._fix(ctx, call, arg, origin, mask),
                 help=self._help(arg.value, origin, mask),
+                severity=Severity.ERROR if family == {ENCODER_DECODER} else None,
             )
 
     @staticmethod
@@ -360,15 +373,15 @@ class GenerateWithoutAttentionMask(Rule):
         return text
 
     @staticmethod
-    def _consequence(family) -> str:
+    def _consequence(ctx: Context, family) -> str:
         if family == {ENCODER_DECODER}:
-            return ("since transformers 5.0 `generate()` never infers the mask for encoder-decoder "
-                    "models, so the encoder attends to the padding (4.x inferred it when pad != EOS)")
+            return (f"with {ctx.version_fact('transformers')}, `generate()` never infers the mask for "
+                    "encoder-decoder models (since 5.2), so the encoder attends to the padding")
         text = ("`generate()` infers a mask only when the pad id occurs in the input and differs from "
                 "EOS, but many decoder-only models have no pad id (it falls back to EOS) and "
                 "`pad_token = eos_token` is common; then the model attends to the padding")
         if family != {DECODER_ONLY}:
-            text += " (and since transformers 5.0 it never infers it for encoder-decoder models)"
+            text += " (and since transformers 5.2 it never infers it for encoder-decoder models)"
         return text
 
     @staticmethod
