@@ -308,6 +308,7 @@ def rule_json(rule: Any) -> Dict[str, Any]:
         "premise": dict(rule.premise),
         "options": [{"name": o.name, "default": o.default, "help": o.help} for o in rule.options],
         "explanation": rule.explanation(),
+        "url": rule.url(),
     }
 
 
@@ -317,6 +318,8 @@ def rule_markdown(rule: Any) -> str:
              + ("" if rule.default_enabled else " Off by default: enable it with `--extend-select`.")]
     if rule.premise:
         lines.append("Premise holds for: " + ", ".join(f"{p} {s}" for p, s in rule.premise.items()) + ".")
+    if rule.url():
+        lines.append(f"Documentation: {rule.url()}")
     if rule.options:
         lines += ["", "## Options"] + [f"- `{o.name}` (default `{o.default!r}`): {o.help}" for o in rule.options]
     return "\n".join(lines) + "\n\n" + rule.explanation() + "\n"
@@ -345,6 +348,20 @@ def rule_command(code: Optional[str], show_all: bool, output_format: str) -> Non
         click.echo(json.dumps(data if show_all else data[0], indent=2))
     else:
         click.echo("\n".join(rule_markdown(r) for r in rules), nl=False)
+
+
+@cli.command("server")
+def server_command() -> None:
+    """Run the language server (LSP over standard input/output) for editors."""
+    from mllint.server import INSTALL_HINT, missing_dependency
+
+    missing = missing_dependency()
+    if missing is not None:
+        click.echo(f"mllint: error: `mllint server` needs {missing}: {INSTALL_HINT}", err=True)
+        sys.exit(2)
+    from mllint.server.server import run
+
+    run()
 
 
 def main() -> None:

@@ -713,13 +713,13 @@ def _sorted(diagnostics: Sequence[Diagnostic]) -> List[Diagnostic]:
     return sorted(diagnostics, key=lambda d: (d.cell or 0, d.sort_key()))
 
 
-def with_notebook_pins(settings: Any, notebook: Notebook) -> Any:
+def with_notebook_pins(settings: Any, view: NotebookText) -> Any:
     """``settings`` with the versions the notebook's own ``%pip install`` lines pin (nearer than
     any requirements file; explicit target versions still win)."""
     from mllint.settings import Settings
     from mllint.versions.pins import magic_pins, strongest, with_pins
 
-    return with_pins(settings or Settings(), strongest(magic_pins(notebook.magics)))
+    return with_pins(settings or Settings(), strongest(magic_pins(view.magics)))
 
 
 def lint_notebook(notebook: Notebook, path: str, settings: Any = None, registry: Any = None) -> List[Diagnostic]:
@@ -728,7 +728,7 @@ def lint_notebook(notebook: Notebook, path: str, settings: Any = None, registry:
     from mllint.core.engine import lint_source
 
     view = notebook.view
-    found = lint_source(view.text, path, with_notebook_pins(settings, notebook), registry)
+    found = lint_source(view.text, path, with_notebook_pins(settings, view), registry)
     return _sorted([view.map_diagnostic(view.restrict(d)) for d in found])
 
 
@@ -736,13 +736,20 @@ def fix_notebook(notebook: Notebook, path: str, settings: Any = None, unsafe: Op
                  registry: Any = None) -> NotebookFixResult:
     """``fix_source`` for a notebook: the same passes, with only the fixes that stay inside one cell,
     applied to the raw cell sources (so masked IPython syntax comes back unchanged)."""
+    return fix_cells(notebook.view, path, settings, unsafe, registry)
+
+
+def fix_cells(view: NotebookText, path: str, settings: Any = None, unsafe: Optional[bool] = None,
+              registry: Any = None) -> NotebookFixResult:
+    """``fix_notebook`` for code cells that do not come from an ``.ipynb`` file (an editor's
+    notebook document)."""
     from mllint.core.engine import (
         INTERNAL_ERROR, INVALID_SYNTAX, MAX_FIX_ITERATIONS, apply_fixes, lint_source, system_diagnostic)
     from mllint.settings import Settings
 
-    settings = with_notebook_pins(settings or Settings(), notebook)
+    settings = with_notebook_pins(settings or Settings(), view)
     unsafe = settings.unsafe_fixes if unsafe is None else unsafe
-    view = notebook.view
+    original = view.sources
     diagnostics = [view.restrict(d) for d in lint_source(view.text, path, settings, registry)]
     applied: List[Diagnostic] = []
     for _ in range(MAX_FIX_ITERATIONS):
@@ -765,6 +772,5 @@ def fix_notebook(notebook: Notebook, path: str, settings: Any = None, unsafe: Op
             break
         applied.extend(view.map_diagnostic(d) for d in used)
         view, diagnostics = new_view, new_diagnostics
-    original = notebook.sources
     sources = {n: s for n, s in view.sources.items() if s != original.get(n)}
     return NotebookFixResult(sources, tuple(applied), tuple(_sorted([view.map_diagnostic(d) for d in diagnostics])))
