@@ -226,7 +226,7 @@ class Positional:
             return self.instances.values(func.value, at)
         return []
 
-    def _module_category(self, value) -> Optional[str]:
+    def module_category(self, value) -> Optional[str]:
         """``"tokens"`` (an ``nn.Embedding`` or a module holding one), ``"projection"`` (an
         ``nn.Linear`` input projection or a module holding one), ``"neutral"`` (a module that
         adds nothing to positions), or None (not understood)."""
@@ -243,7 +243,7 @@ class Positional:
         if resolved == {PROJECTION}:
             return "projection"
         if resolved == {_SEQUENTIAL}:
-            return _combined([self._module_category(arg.value) for arg in value.args])
+            return _combined([self.module_category(arg.value) for arg in value.args])
         return None if resolved & {_PARAMETER, EMBEDDING, PROJECTION} else "neutral"
 
     def _class_category(self, cls: cst.ClassDef) -> Optional[str]:
@@ -260,7 +260,7 @@ class Positional:
         for values in self.instances.attr_values.get(cls, {}).values():
             for value in values:
                 if isinstance(value, cst.Call):
-                    parts.append(self._module_category(value))
+                    parts.append(self.module_category(value))
         for call in self.calls_in.get(cls, []):
             func = call.func
             if isinstance(func, cst.Name) and func.value not in _BUILTINS and func.value != "super" \
@@ -415,7 +415,7 @@ class _Walk:
         if _is_self_attribute(func) or (isinstance(func, cst.Name) and not pos.names.resolve(func)
                                          and func.value not in _BUILTINS):
             values = pos._module_values(func, call)
-            categories = {pos._module_category(v) for v in values}
+            categories = {pos.module_category(v) for v in values}
             if not values or None in categories:
                 if pos.application(call) is None:
                     self._unknown(call)
