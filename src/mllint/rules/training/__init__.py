@@ -1,0 +1,1 @@
+"""4xx: the PyTorch training loop."""
