@@ -44,7 +44,7 @@ LOADERS = frozenset({"from_pretrained", "from_config", "from_encoder_decoder_pre
 # Libraries whose every public class is a kind in its own right (by canonical name).
 _CLASS_LIBRARIES = ("transformers.", "peft.", "trl.", "torch.nn.")
 # Functions returning (a wrapper of) their first argument's module.
-_WRAPPERS = frozenset({"peft.get_peft_model", "peft.prepare_model_for_kbit_training",
+WRAPPERS = frozenset({"peft.get_peft_model", "peft.prepare_model_for_kbit_training",
                        "peft.PeftModel.from_pretrained", "peft.PeftModelForCausalLM.from_pretrained",
                        "peft.PeftModelForSeq2SeqLM.from_pretrained", "torch.compile"})
 # Module methods returning the module itself (or the same model, for peft's merge).
@@ -173,7 +173,7 @@ class Instances:
         if isinstance(func, cst.Name) and func.value in self.local_classes:
             return self.local_classes[func.value]
         names = self.ctx.names.resolve(func)
-        wrappers = names & _WRAPPERS
+        wrappers = names & WRAPPERS
         if wrappers and call.args and call.args[0].keyword is None and not call.args[0].star:
             inner = self.kinds(call.args[0].value, at)
             if UNKNOWN in inner and any(w.startswith("peft.") for w in wrappers):
