@@ -259,6 +259,14 @@ def _is_requirements(name: str) -> bool:
     return lowered.endswith(".txt") and ("requirements" in lowered or lowered.startswith("constraints"))
 
 
+def _exists(path: Path, kind: str = "any") -> bool:
+    """``path.exists()``/``is_dir()``/``is_file()`` that treats an unreadable directory as empty."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file() if kind == "file" else path.exists()
+    except OSError:
+        return False
+
+
 def _read(path: Path) -> Optional[str]:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -275,7 +283,7 @@ def directory_pins(directory: Path, label: Any = str) -> List[Pin]:
         return []
     files: List[Path] = [directory / n for n in names if _is_requirements(n)]
     nested = directory / "requirements"
-    if "requirements" in names and nested.is_dir():
+    if "requirements" in names and _exists(nested, "dir"):
         try:
             files += [nested / n for n in sorted(os.listdir(nested)) if n.endswith(".txt")]
         except OSError:
@@ -288,7 +296,7 @@ def directory_pins(directory: Path, label: Any = str) -> List[Pin]:
 
         def include(relative: str, base: Path = path.parent) -> Optional[Tuple[str, str]]:
             target = base / relative
-            nested_text = _read(target) if target.is_file() else None
+            nested_text = _read(target) if _exists(target, "file") else None
             return (label(target), nested_text) if nested_text is not None else None
 
         pins += requirements_pins(text, label(path), include)
@@ -327,7 +335,7 @@ class PinFinder:
             return self._resolved[directory]
         own = dict(self._own_pins(directory))
         parent = directory.parent
-        at_root = parent == directory or (directory / ".git").exists()
+        at_root = parent == directory or _exists(directory / ".git")
         inherited = {} if at_root else self.pins(parent)
         merged = {**inherited, **own}
         self._resolved[directory] = merged
