@@ -222,11 +222,10 @@ class HfFacts:
             elif COMPLETION_ONLY in names:
                 out.append(LabelMasking(call, "`DataCollatorForCompletionOnlyLM` (a subclass of "
                                               "`DataCollatorForLanguageModeling`)"))
-            elif SFT_TRAINER in names and trl is not None and trl.release < (0, 16):
-                keywords = {a.keyword.value for a in call.args if a.keyword is not None}
-                if "data_collator" not in keywords and not any(a.star for a in call.args):
-                    out.append(LabelMasking(call, f"`SFTTrainer` of trl {trl} (whose default collator "
-                                                  "is `DataCollatorForLanguageModeling(mlm=False)`)"))
+            elif SFT_TRAINER in names and trl.release < (0, 16):
+                if not _sft_passes(call, "data_collator", _SFT_DATA_COLLATOR):
+                    out.append(LabelMasking(call, f"`SFTTrainer` with {ctx.version_fact('trl')} (whose "
+                                                  "default collator is `DataCollatorForLanguageModeling(mlm=False)`)"))
             elif names & set(extra_collators):
                 out.append(LabelMasking(call, f"`{ctx.code(call.func)}` (configured as a value-masking collator)"))
         seen = set()
@@ -238,6 +237,23 @@ class HfFacts:
                 seen.add(statement)
                 out.append(LabelMasking(statement, "a hand-written `labels == pad_token_id` -> -100 masking"))
         return sorted(out, key=lambda m: ctx.order(m.node))
+
+    def trl_eos_pads(self) -> List[cst.Call]:
+        """``SFTTrainer(...)`` calls of trl < 0.16 given no tokenizer and no collator: trl loads the
+        tokenizer itself, sets ``pad_token = eos_token`` when it has none, and collates with
+        ``DataCollatorForLanguageModeling(mlm=False)`` (trl 0.15.2 ``trainer/sft_trainer.py``,
+        ``SFTTrainer.__init__``: ``if processing_class is None: ... processing_class.pad_token =
+        processing_class.eos_token``, then ``if data_collator is None: data_collator =
+        DataCollatorForLanguageModeling(tokenizer=processing_class, mlm=False)``). trl 0.16 loads
+        the tokenizer without touching its pad token and pads labels with -100 by position."""
+        ctx = self.ctx
+        if ctx.target_version("trl").release >= (0, 16):
+            return []
+        return [call for call in ctx.nodes(cst.Call)
+                if SFT_TRAINER in ctx.names.resolve(call.func)
+                and not _sft_passes(call, "data_collator", _SFT_DATA_COLLATOR)
+                and not _sft_passes(call, "processing_class", _SFT_TOKENIZER)
+                and not _sft_passes(call, "tokenizer", _SFT_TOKENIZER)]
 
     def packs_without_eos(self) -> bool:
         """True for the run_clm/"group_texts" recipe: examples concatenated into fixed blocks,
@@ -251,9 +267,32 @@ class HfFacts:
         pad_values = {id(p.value) for p in self.pad_assignments}
         for attribute in ctx.nodes(cst.Attribute):
             if attribute.attr.value in EOS_ATTRS and not any(
-                    id(a) in pad_values for a in (attribute, *ctx.ancestors(attribute))):
+                    id(a) in pad_values or _is_token_setting(a) for a in (attribute, *ctx.ancestors(attribute))):
                 return False
         return True
+
+
+# trl <= 0.15 ``SFTTrainer.__init__(model, args, data_collator, train_dataset, eval_dataset,
+# processing_class | tokenizer, ...)``: positions of the collator and the tokenizer.
+_SFT_DATA_COLLATOR = 2
+_SFT_TOKENIZER = 5
+
+
+def _sft_passes(call: cst.Call, keyword: str, position: int) -> bool:
+    """Whether an ``SFTTrainer(...)`` call may pass ``keyword`` (by name, by position, or hidden
+    in a ``*``/``**`` splat); an explicit ``None`` passes nothing."""
+    if any(a.star for a in call.args):
+        return True
+    positional = [a for a in call.args if a.keyword is None]
+    named = [a for a in call.args if a.keyword is not None and a.keyword.value == keyword]
+    bound = named or positional[position:position + 1]
+    return any(not (isinstance(a.value, cst.Name) and a.value.value == "None") for a in bound)
+
+
+def _is_token_setting(node: cst.CSTNode) -> bool:
+    """A special-token id given to a model config or generation setting (``eos_token_id=...``,
+    ``bos_token_id=...`` keywords): it configures ids, it puts no token into the data."""
+    return isinstance(node, cst.Arg) and node.keyword is not None and node.keyword.value.endswith("_token_id")
 
 
 def _is_minus_100(node: cst.CSTNode) -> bool:

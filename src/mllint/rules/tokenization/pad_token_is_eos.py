@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import re
 from typing import Iterator, List, Optional
 
 import libcst as cst
 
 from mllint.analysis.hf import HfFacts, PadAssignment
+from mllint.analysis.names import string_value
+from mllint.analysis.vocab import Vocab
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Edit, Fix, Severity
 from mllint.core.rule import Invalid, Option, Rule, Valid
 
+# Checkpoint families whose tokenizers ship without a pad token (GPT-2, Llama 1-3, Mistral/Mixtral,
+# Falcon, GPT-NeoX/Pythia, GPT-J, Phi-2): trl <= 0.15 sets their pad token to EOS. OPT, Gemma,
+# BLOOM and T5 have one.
+_PADLESS_CHECKPOINT = re.compile(r"gpt2|llama|mistral|mixtral|falcon|pythia|gpt-neox|gpt-j|phi-2", re.IGNORECASE)
 _MODEL_LOADER_HINTS = ("ForCausalLM", "AutoModel", "ForConditionalGeneration", "LMHeadModel")
 
 
@@ -36,10 +43,21 @@ class PadTokenIsEos(Rule):
 
     `DataCollatorForCompletionOnlyLM` (trl 0.15-0.19, `trl/trainer/utils.py`) calls that
     collator first and inherits the masking. trl < 0.16 `SFTTrainer` used it as its default
-    collator (0.15.2 `sft_trainer.py`), and set `pad_token = eos_token` itself when it loaded the
-    tokenizer. Since trl 0.16, `SFTTrainer`'s own collator pads labels with -100 by *position*,
-    so pad = EOS no longer hides EOS labels: that case is reported only when
-    `target-versions` says trl < 0.16.
+    collator (0.15.2 `trainer/sft_trainer.py`, `SFTTrainer.__init__`: `if data_collator is None:
+    data_collator = DataCollatorForLanguageModeling(tokenizer=processing_class, mlm=False)`), and
+    when it was given no tokenizer it loaded one itself and set `pad_token = eos_token` when the
+    checkpoint had none (`if processing_class is None: ... processing_class.pad_token =
+    processing_class.eos_token`). So with trl < 0.16 an `SFTTrainer(...)` without
+    `processing_class=`/`tokenizer=` and without `data_collator=` is reported at the call even
+    though the module never sets the pad token, when its model's checkpoint is one whose
+    tokenizer has no pad token (GPT-2, Llama, Mistral/Mixtral, Falcon, Pythia/GPT-NeoX, GPT-J,
+    Phi-2; not OPT, Gemma or BLOOM, which ship one). (A tokenizer passed without a pad token is not
+    touched by trl 0.15: padding then fails loudly, nothing to report.) Since trl 0.16,
+    `SFTTrainer` leaves the pad token alone and its own collator
+    (`trl.trainer.sft_trainer.DataCollatorForLanguageModeling(pad_token_id)`, `torch_call`) pads
+    labels with -100 by *position*, so pad = EOS no longer hides EOS labels: both `SFTTrainer`
+    cases are reported only when the target trl version (`target-versions` or a project pin) is
+    below 0.16, and the message names that version and where it came from.
 
     The rule stays silent where pad = EOS is harmless: inference-only code and
     `generate(pad_token_id=tok.eos_token_id)` (no label masking), preference trainers
@@ -84,12 +102,12 @@ class PadTokenIsEos(Rule):
     summary = "pad token set to the EOS token while labels are masked by pad value"
     severity = Severity.ERROR
     tags = ("correctness", "transformers", "trl")
-    triggers = (("pad_token",), ("DataCollatorFor", "SFTTrainer", "100"))
+    triggers = (("pad_token", "SFTTrainer"), ("DataCollatorFor", "SFTTrainer", "100"))
     # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
     requires = (
         ("assign:pad_token", "assign:pad_token_id", "string:pad_token", "string:pad_token_id",
-         "keyword:pad_token"),
-        ("name:eos_token", "name:eos_token_id"),
+         "keyword:pad_token", "import:trl & name:SFTTrainer"),
+        ("name:eos_token", "name:eos_token_id", "import:trl & name:SFTTrainer"),
         ("import:transformers & name:DataCollatorForLanguageModeling",
          "import:trl & name:DataCollatorForCompletionOnlyLM", "import:trl & name:SFTTrainer",
          "number:100 & name:pad_token_id", "number:100 & name:pad_id"),
@@ -151,12 +169,61 @@ class PadTokenIsEos(Rule):
             tokenizer.pad_token = tokenizer.eos_token
             trainer = SFTTrainer(model=model, train_dataset=ds, processing_class=tokenizer)
             """, settings={"target_versions": {"trl": "0.16.1"}}),
+        # trl >= 0.16 loads the tokenizer without touching its pad token.
+        Valid("""
+            from trl import SFTConfig, SFTTrainer
+            trainer = SFTTrainer(model="Qwen/Qwen2.5-0.5B", args=SFTConfig("out"), train_dataset=ds)
+            """, settings={"target_versions": {"trl": "0.16.1"}}),
+        # Unpinned trl is assumed to be the latest (1.16.0): nothing to report.
+        Valid("""
+            from trl import SFTTrainer
+            trainer = SFTTrainer(model="facebook/opt-350m", train_dataset=ds)
+            """),
+        # trl 0.15 with the user's own tokenizer: trl does not set its pad token.
+        Valid("""
+            from transformers import AutoTokenizer
+            from trl import SFTTrainer
+            tokenizer = AutoTokenizer.from_pretrained("facebook/opt-350m")
+            trainer = SFTTrainer(model="facebook/opt-350m", train_dataset=ds, processing_class=tokenizer)
+            """, settings={"target_versions": {"trl": "0.15.2"}}),
+        # trl 0.15 without a tokenizer but with a position-padding collator.
+        Valid("""
+            from transformers import DataCollatorForSeq2Seq
+            from trl import SFTTrainer
+            trainer = SFTTrainer(model=model, train_dataset=ds,
+                                 data_collator=DataCollatorForSeq2Seq(tok, label_pad_token_id=-100))
+            """, settings={"target_versions": {"trl": "0.15.2"}}),
+        # trl 0.15 without a tokenizer, but Gemma's tokenizer has a pad token: trl keeps it.
+        Valid("""
+            from trl import SFTTrainer
+            from transformers import AutoModelForCausalLM
+            model_id = "google/gemma-7b"
+            model = AutoModelForCausalLM.from_pretrained(model_id)
+            trainer = SFTTrainer(model=model, train_dataset=data["train"], formatting_func=fmt)
+            """, settings={"target_versions": {"trl": "0.7.10"}}),
+        # trl 0.15 with everything passed through **kwargs: cannot tell.
+        Valid("""
+            from trl import SFTTrainer
+            trainer = SFTTrainer(model=model, **trainer_kwargs)
+            """, settings={"target_versions": {"trl": "0.14.0"}}),
         # An EOS pad that a later assignment replaces.
         Valid("""
             from transformers import DataCollatorForLanguageModeling
             tokenizer.pad_token = tokenizer.eos_token
             tokenizer.pad_token = "<|finetune_right_pad_id|>"
             collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+            """),
+        # Full-length chunks only (HF course ch. 7 §6): nothing is padded, no EOS in the data;
+        # `eos_token_id=` configures the model and puts no EOS into the labels.
+        Valid("""
+            from transformers import AutoConfig, DataCollatorForLanguageModeling
+            def tokenize(element):
+                outputs = tokenizer(element["content"], truncation=True, max_length=128,
+                                    return_overflowing_tokens=True, return_length=True)
+                return {"input_ids": [ids for n, ids in zip(outputs["length"], outputs["input_ids"]) if n == 128]}
+            config = AutoConfig.from_pretrained("gpt2", vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+            tokenizer.pad_token = tokenizer.eos_token
+            data_collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
             """),
         # A collator of another library with the same class name.
         Valid("""
@@ -245,6 +312,33 @@ class PadTokenIsEos(Rule):
             message="trl 0.15.2",
             settings={"target_versions": {"trl": "0.15.2"}},
         ),
+        # trl <= 0.15 loads the tokenizer itself and sets pad = EOS.
+        Invalid(
+            """
+            from datasets import load_dataset
+            from trl import SFTConfig, SFTTrainer
+            trainer = SFTTrainer(
+                model="mistralai/Mistral-7B-v0.1",
+                args=SFTConfig(output_dir="out", packing=True),
+                train_dataset=load_dataset("imdb", split="train"),
+            )
+            """,
+            line=3,
+            message="with trl 0.15.2 (requirements.txt:3), `SFTTrainer` given no tokenizer",
+            settings={"target_versions": {"trl": "0.15.2"},
+                      "version_sources": {"trl": "requirements.txt:3"}},
+        ),
+        Invalid(
+            """
+            import trl
+            from transformers import AutoModelForCausalLM
+            model = AutoModelForCausalLM.from_pretrained("meta-llama/Llama-2-7b-hf")
+            trainer = trl.SFTTrainer(model, training_args, None, train_ds)
+            """,
+            line=4,
+            message="trl 0.11.4",
+            settings={"target_versions": {"trl": "0.11.4"}},
+        ),
         Invalid(
             """
             from mytools import PadMaskingCollator
@@ -270,6 +364,20 @@ class PadTokenIsEos(Rule):
         facts = ctx.get(HfFacts)
         assignments = facts.eos_pad_assignments()
         if not assignments:
+            for call in facts.trl_eos_pads():
+                checkpoint = self._padless_checkpoint(ctx, call)
+                if checkpoint is None:
+                    continue
+                yield ctx.report(
+                    call,
+                    f"with {ctx.version_fact('trl')}, `SFTTrainer` given no tokenizer loads the one of "
+                    f"`{checkpoint}`, which has no pad token, sets `pad_token = eos_token` itself, and "
+                    "collates with `DataCollatorForLanguageModeling(mlm=False)`, which sets every "
+                    "label equal to `pad_token_id` to -100: the EOS labels are masked too, so the "
+                    "model never learns to stop",
+                    help=("Pass a tokenizer with a distinct pad token (`processing_class=`), a collator "
+                          "that pads labels by position, or upgrade to trl >= 0.16"),
+                )
             return
         masking = facts.value_label_masking(self.config["value-masking-collators"])
         if not masking:
@@ -292,6 +400,21 @@ class PadTokenIsEos(Rule):
                       "model's embeddings), or pad labels by position (`DataCollatorForSeq2Seq` "
                       "with `label_pad_token_id=-100`)"),
             )
+
+    @staticmethod
+    def _padless_checkpoint(ctx: Context, call: cst.Call) -> Optional[str]:
+        """The checkpoint an ``SFTTrainer``'s ``model`` comes from, when every candidate names a
+        family whose tokenizer has no pad token."""
+        model = next((a.value for a in call.args if a.keyword is not None and a.keyword.value == "model"),
+                     call.args[0].value if call.args and call.args[0].keyword is None else None)
+        if model is None:
+            return None
+        name = string_value(model)
+        vocab = ctx.get(Vocab)
+        names = {name} if name is not None else vocab.checkpoints(model, call)
+        if None in names or not all(_PADLESS_CHECKPOINT.search(n) for n in names):
+            return None
+        return ", ".join(sorted(names))
 
     # -- fix ---------------------------------------------------------------------------------
     def _fix(self, ctx: Context, pad: PadAssignment, facts: HfFacts) -> Optional[Fix]:
