@@ -1,0 +1,1 @@
+"""6xx: transformers API migrations, gated by the target version."""
