@@ -92,7 +92,7 @@ def _snapshot(target: Path, env: Dict[str, str]) -> None:
 def hook_runs(tmp_path_factory):
     """Both hooks on a repository with a staged buggy file, an excluded copy and a clean file.
 
-    ``pre-commit run`` with the README's configuration snippet (``repo`` + ``rev`` + both hooks)
+    ``pre-commit run`` with the configuration snippet of docs/integrations.md (``repo`` + ``rev`` + both hooks)
     runs twice: the first run reports, fixes and fails, the second passes. ``try-repo`` runs the
     check hook once more; it always builds its environment in a throwaway store, so that is the
     second and last install.
