@@ -21,6 +21,8 @@ _MAP_STYLE = ("torch.utils.data.TensorDataset", "torch.utils.data.Subset", "torc
 _HF_DATASET_METHODS = frozenset({"map", "filter", "select", "shuffle", "with_format", "remove_columns",
                                  "rename_column", "rename_columns", "cast_column", "set_format",
                                  "train_test_split", "flatten"})
+# Calls that draw random data: a dataset built from them has no meaningful order.
+_RANDOM = ("torch.rand", "torch.randn", "torch.randint", "torch.normal", "numpy.random.", "random.")
 
 
 class DataloaderShuffle(Rule):
@@ -80,6 +82,21 @@ class DataloaderShuffle(Rule):
     requires = (("import:torch & name:DataLoader",),)
     premise = {"torch": ">=1.0"}
     VALID = (
+        # Random samples (a smoke-test dataset): their order carries nothing a shuffle could change.
+        Valid("""
+            import torch
+            from torch.utils.data import DataLoader, Dataset
+            class RandomPoints(Dataset):
+                def __init__(self, size, length):
+                    self.data = torch.randn(length, size)
+                def __len__(self):
+                    return len(self.data)
+                def __getitem__(self, index):
+                    return self.data[index]
+            train_loader = DataLoader(RandomPoints(32, 64), batch_size=2)
+            for x in train_loader:
+                model(x).sum().backward()
+            """),
         Valid("""
             from torch.utils.data import DataLoader, TensorDataset
             train_ds = TensorDataset(x, y)
@@ -263,8 +280,13 @@ class DataloaderShuffle(Rule):
 
     @staticmethod
     def _dataset_class(ctx: Context, cls: cst.ClassDef) -> bool:
+        """A local map-style ``Dataset`` subclass whose items are not random draws (the order of
+        random samples carries nothing a shuffle could change)."""
         names = set()
         for base in cls.bases:
             names |= ctx.names.resolve(base.value)
-        return bool(names) and all(n in ("torch.utils.data.Dataset", "torch.utils.data.dataset.Dataset")
-                                   for n in names)
+        if not names or not all(n in ("torch.utils.data.Dataset", "torch.utils.data.dataset.Dataset")
+                                for n in names):
+            return False
+        return not any(cls in ctx.ancestors(call) and any(n.startswith(_RANDOM) for n in ctx.names.resolve(call.func))
+                       for call in ctx.nodes(cst.Call))
