@@ -328,3 +328,15 @@ def test_a_bug_in_the_notebook_adapter_is_contained(tmp_path, monkeypatch):
     result = runner.process_file(Path(tmp_path / "nb.ipynb"), Settings(), runner.Mode())
     assert [(d.code, d.cell) for d in result.diagnostics] == [("MLL999", None)]
     assert "IndexError: boom" in result.diagnostics[0].message
+
+
+def test_automagic_lines_are_ipython_not_syntax_errors():
+    """IPython runs `pip install x` or `time f()` as magics (automagic is on by default); lines
+    that are valid Python (`time = 3`, `ls -la`) stay Python."""
+    from mllint.sources.notebook import mask_cell
+
+    text, rows, magics = mask_cell("pip install diffusers torch\ntime = 3\nenv.step(a)\n"
+                                   "for x in y:\n    time f(x)\nmatplotlib inline\n", 1)
+    assert sorted(rows) == [1, 5, 6]
+    assert [m.text for m in magics] == ["pip install diffusers torch", "    time f(x)", "matplotlib inline"]
+    compile(text, "cell", "exec")

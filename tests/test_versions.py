@@ -106,6 +106,7 @@ def test_setup_cfg():
     ("!pip install transformers==$VERSION", {}),
     ("!pip list | grep transformers==4.30", {}),
     ("%conda install transformers=4.30", {}),
+    ("pip install -q trl==0.15.2", {"trl": "0.15.2"}),  # automagic
 ])
 def test_pip_lines(line, expected):
     assert _versions(pip_line_pins(line, "cell")) == expected

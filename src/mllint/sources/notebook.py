@@ -55,7 +55,12 @@ PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "debug", "prun"})
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _ASSIGN_MAGIC = re.compile(r"^(\s*[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*)[!%]")
 _HELP = re.compile(r"^(?:\?.*|[\w.*\[\]()%]+\?\??)\s*$")
-_CANDIDATE = re.compile(r"^\s*[%!?]|\?\s*$|=\s*[!%]", re.MULTILINE)
+# Line magics IPython runs without the `%` (automagic, on by default), e.g. `pip install trl`.
+AUTOMAGICS = ("pip", "conda", "mamba", "cd", "ls", "pwd", "env", "set_env", "matplotlib", "load_ext",
+              "reload_ext", "autoreload", "time", "timeit", "run", "mkdir", "rm", "cp", "mv", "cat",
+              "who", "whos", "reset", "history", "pdb", "config", "store", "alias")
+_AUTOMAGIC = re.compile(r"^\s*(?:" + "|".join(AUTOMAGICS) + r")\s+[^\s=(\[.,:;+\-*/%<>&|^~!]")
+_CANDIDATE = re.compile(r"^\s*[%!?]|\?\s*$|=\s*[!%]|" + _AUTOMAGIC.pattern[1:], re.MULTILINE)
 _LINE_REFERENCE = re.compile(r"\bline (\d+)\b")
 
 
@@ -115,7 +120,21 @@ def _magic_kind(line: str) -> Optional[str]:
     match = _ASSIGN_MAGIC.match(line)
     if match:
         return "shell" if line[match.end() - 1] == "!" else "line-magic"
+    if _AUTOMAGIC.match(line) and not _python_line(stripped):
+        return "line-magic"
     return None
+
+
+def _python_line(line: str) -> bool:
+    """Whether one stripped line compiles as Python on its own (or starts a block that may):
+    `time import x` is not Python, so IPython runs it as `%time`."""
+    try:
+        compile(line, "<line>", "exec")
+    except SyntaxError as error:
+        return any(m in str(error) for m in ("unexpected EOF", "was never closed", "expected an indented block"))
+    except ValueError:
+        return False
+    return True
 
 
 def mask_cell(source: str, number: int) -> Tuple[str, FrozenSet[int], Tuple[Magic, ...]]:

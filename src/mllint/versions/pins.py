@@ -201,7 +201,9 @@ def setup_cfg_pins(text: str, name: str) -> List[Pin]:
 
 # -- notebooks ---------------------------------------------------------------------------------
 
-_PIP = re.compile(r"^\s*[!%]\s*(?:pip3?|python3?\s+-m\s+pip|uv\s+pip)\s+install\b(?P<args>.*)$")
+# `!pip`, `%pip`, or `pip` alone (IPython automagic; only lines the notebook adapter masked as
+# IPython syntax get here).
+_PIP = re.compile(r"^\s*[!%]?\s*(?:pip3?|python3?\s+-m\s+pip|uv\s+pip)\s+install\b(?P<args>.*)$")
 _OPTIONS_WITH_VALUE = {"-r", "--requirement", "-c", "--constraint", "-i", "--index-url",
                        "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix"}
 
