@@ -120,6 +120,33 @@ def test_padded_calls():
     assert [f is not None for f in found] == [True, False, True, True, False]
 
 
+def test_padded_call_stops_at_rows_modified_through_a_loop():
+    labels = analysis("""
+        def build(texts):
+            ids = tokenizer(texts, padding="max_length", return_tensors="pt").input_ids
+            whole = ids.clone()
+            rows = ids.clone()
+            paired = ids.clone()
+            other = ids.clone()
+            for row in rows:
+                row[5:] = -100
+            for i, row in enumerate(paired):
+                row.masked_fill_(row == 0, -100)
+            for text, row in zip(texts, other):
+                text[0] = None
+            return whole, rows, paired, other
+        def keyed(texts):
+            enc = tokenizer(texts, padding="max_length")
+            kept = tokenizer(texts, padding="max_length")
+            for a, b in zip(kept["input_ids"], enc["input_ids"]):
+                b[3:] = [-100] * 5
+            return enc["input_ids"], kept["input_ids"]
+    """)
+    ctx = labels.ctx
+    returned = [e.value for r in ctx.nodes(cst.Return) for e in r.value.elements]
+    assert [labels.padded_call(v) is not None for v in returned] == [True, False, False, True, False, True]
+
+
 def test_value_kinds_and_mask_writes():
     labels = analysis("""
         import torch

@@ -213,3 +213,35 @@ def test_no_grad_contexts():
     """)
     assigns = list(ctx.nodes(cst.Assign))
     assert [loops.no_grad(a) for a in assigns] == [True, True, False]
+
+
+def test_built_per_iteration_needs_fresh_parameters():
+    ctx, loops = analyse("""
+        import torch
+        for cfg in configs:
+            net = Net(cfg)
+            a = torch.optim.SGD(net.parameters(), lr=1)
+            net(x).sum().backward()
+            a.step()
+        for _ in range(3):
+            b = torch.optim.SGD(model.parameters(), lr=1)
+            model(x).sum().backward()
+            b.step()
+        for _ in range(3):
+            c = torch.optim.SGD(trainable.values(), lr=1)
+            model(x).sum().backward()
+            c.step()
+        for m in models:
+            d = torch.optim.SGD(m.parameters(), lr=1)
+            m(x).sum().backward()
+            d.step()
+        e = torch.optim.SGD(model.parameters(), lr=1)
+        for _ in range(3):
+            model(x).sum().backward()
+            e.step()
+    """)
+    found = []
+    for loop in loops.loops:
+        step = loop.of(OPTIMIZER_STEP)[0]
+        found.append(loops.built_per_iteration(step.target, step.node, loop))
+    assert found == [True, False, True, True, False]

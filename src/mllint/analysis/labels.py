@@ -237,25 +237,54 @@ class Labels:
 
     def _modified(self, name: cst.Name) -> bool:
         """``name[...] = ...``, ``name += ...`` or an in-place method of ``name`` in its scope,
-        before this use."""
+        before this use; also a row of ``name`` modified so through the target of a loop over it
+        (``for row in name``, ``for i, row in enumerate(name)``, ``for a, row in zip(a, name)``):
+        rows of a tensor are views and rows of a list are the same objects."""
         ctx = self.ctx
         scope = ctx.enclosing(name, cst.FunctionDef)
         at = ctx.order(name)
-        for node in (*ctx.nodes(cst.Assign), *ctx.nodes(cst.AugAssign)):
+        return self._mutated(name.value, scope, at) or self._rows_modified(name)
+
+    def _rows_modified(self, expr: cst.BaseExpression) -> bool:
+        """A row of ``expr`` (a name, or ``enc["input_ids"]`` written the same way) modified in
+        place through the target of a loop over it, in its scope, before this use."""
+        ctx = self.ctx
+        scope = ctx.enclosing(expr, cst.FunctionDef)
+        at = ctx.order(expr)
+        text = ctx.code(expr)
+        for loop in ctx.nodes(cst.For):
+            if ctx.end_order(loop) >= at or ctx.enclosing(loop, cst.FunctionDef) is not scope:
+                continue
+            row = _row_target(ctx, loop, text)
+            if row is not None and self._mutated(row, scope, at, within=loop.body):
+                return True
+        return False
+
+    def _mutated(self, name: str, scope: Optional[cst.CSTNode], at: int,
+                 within: Optional[cst.CSTNode] = None) -> bool:
+        """Whether ``name`` is modified in place (item assignment, augmented assignment, an
+        in-place method) in ``scope`` before position ``at`` (and inside ``within`` if given)."""
+        ctx = self.ctx
+
+        def counts(node: cst.CSTNode) -> bool:
             if ctx.end_order(node) >= at or ctx.enclosing(node, cst.FunctionDef) is not scope:
+                return False
+            return within is None or ctx.order(within) <= ctx.order(node) <= ctx.end_order(within)
+
+        for node in (*ctx.nodes(cst.Assign), *ctx.nodes(cst.AugAssign)):
+            if not counts(node):
                 continue
             targets = [t.target for t in node.targets] if isinstance(node, cst.Assign) else [node.target]
             for target in targets:
                 keyed = isinstance(target, cst.Subscript) and subscript_key(target) is not None
                 base = target.value if isinstance(target, cst.Subscript) and not keyed else (
                     target if isinstance(node, cst.AugAssign) else None)
-                if isinstance(base, cst.Name) and base.value == name.value:
+                if isinstance(base, cst.Name) and base.value == name:
                     return True
         for call in ctx.nodes(cst.Call):
             func = call.func
             if isinstance(func, cst.Attribute) and func.attr.value in _IN_PLACE \
-                    and isinstance(func.value, cst.Name) and func.value.value == name.value \
-                    and ctx.end_order(call) < at and ctx.enclosing(call, cst.FunctionDef) is scope:
+                    and isinstance(func.value, cst.Name) and func.value.value == name and counts(call):
                 return True
         return False
 
@@ -376,6 +405,8 @@ class Labels:
             return self.padded_call(expr.value, depth + 1)  # enc["input_ids"][0]
         if key in ("input_ids", "labels") or (isinstance(expr, cst.Attribute)
                                              and expr.attr.value in ("input_ids", "labels")):
+            if self._rows_modified(expr):  # ``for x, y in zip(a, enc["input_ids"]): y[n:] = ...``
+                return None
             key = key or expr.attr.value  # type: ignore[attr-defined]
             call = self._encoding(expr.value, depth + 1)  # type: ignore[attr-defined]
             if call is None:
@@ -655,6 +686,31 @@ class Labels:
                 and value.args:
             return self._function(value.args[0].value)
         return None
+
+
+def _row_target(ctx: "Context", loop: cst.For, text: str) -> Optional[str]:
+    """The loop variable bound to the rows of the expression written ``text`` in
+    ``for row in text``, ``for i, row in enumerate(text)`` or ``for a, row in zip(..., text, ...)``,
+    else None."""
+    iterable, target = loop.iter, loop.target
+    if not (isinstance(iterable, cst.Call) and isinstance(iterable.func, cst.Name)
+            and iterable.func.value in ("enumerate", "zip")):
+        return target.value if ctx.code(iterable) == text and isinstance(target, cst.Name) else None
+    if not isinstance(target, (cst.Tuple, cst.List)):
+        return None
+    args = iterable.args
+    if any(a.star or a.keyword is not None for a in args) or len(target.elements) < 2:
+        return None
+    if iterable.func.value == "enumerate" and len(args) == 1:
+        index = 1 if ctx.code(args[0].value) == text else None
+    elif iterable.func.value == "zip" and len(args) == len(target.elements):
+        index = next((i for i, a in enumerate(args) if ctx.code(a.value) == text), None)
+    else:
+        return None
+    if index is None or index >= len(target.elements):
+        return None
+    element = target.elements[index].value
+    return element.value if isinstance(element, cst.Name) else None
 
 
 # torch 2.13.0 nn/utils/rnn.py, ``pad_sequence`` (L405-410).

@@ -39,7 +39,7 @@ an optimizer was built from, so ``netD.zero_grad()`` clears ``optimizerD`` but n
 Stable API (other rules read it): ``TrainingLoops(ctx)`` via ``ctx.get(TrainingLoops)``;
 ``.loops`` (``Loop``: ``node``, ``function``, ``events``, ``of(kind)``, ``outer``,
 ``lightning``), ``.loop_of(node)``, ``.is_optimizer``, ``.optimizer_kind``, ``.is_scheduler``,
-``.scheduler_optimizer``, ``.parameter_owners``, ``.same(a, b, at)``, ``.clears(event,
+``.scheduler_optimizer``, ``.parameter_owners``, ``.built_per_iteration``, ``.same(a, b, at)``, ``.clears(event,
 optimizer)``, ``.helper(call)``, ``.lightning_class(cls)``, ``.manual_optimization(cls)``,
 ``.no_grad(node)``, ``.is_plateau``; ``is_accumulation_guard``; event kinds are the module
 constants.
@@ -498,6 +498,32 @@ class TrainingLoops:
                     and node.func.attr.value in ("parameters", "named_parameters"):
                 owners.add(self.ctx.code(node.func.value))
         return frozenset(owners) or None
+
+    def built_per_iteration(self, optimizer: cst.BaseExpression, at: cst.CSTNode, loop: Loop) -> bool:
+        """``optimizer`` is constructed inside ``loop``'s body and the parameters it holds are
+        not proven to be the same tensors in every iteration: their owners are unknown
+        (``SGD(params.values())``) or an owner is (re)bound by the loop or inside its body
+        (``net = Net()`` before ``SGD(net.parameters())``). A fresh model's gradients start empty."""
+        ctx = self.ctx
+        body = loop.node.body
+        start, end = ctx.order(body), ctx.end_order(body)
+        if not any(start <= ctx.order(c) <= end for c in self._constructor_calls(optimizer, at)
+                   if any(_is_optimizer_class(n) for n in ctx.names.resolve(c.func))):
+            return False
+        owners = self.parameter_owners(optimizer, at)
+        if owners is None:
+            return True
+        roots = {o.split(".")[0] if not o.startswith("self.") else ".".join(o.split(".")[:2]) for o in owners}
+        for node in (*ctx.nodes(cst.Assign), *ctx.nodes(cst.AnnAssign), *ctx.nodes(cst.For)):
+            if not (start <= ctx.order(node) <= end or node is loop.node):  # ``for net in nets:``
+                continue
+            targets = ([t.target for t in node.targets] if isinstance(node, cst.Assign)
+                       else [node.target])
+            for target in targets:
+                for part in _walk(target):
+                    if isinstance(part, (cst.Name, cst.Attribute)) and ctx.code(part) in roots:
+                        return True
+        return False
 
     def same(self, a: cst.BaseExpression, b: cst.BaseExpression, at: cst.CSTNode) -> bool:
         """The same object, by source text through single plain aliases (``opt = self.opt``)."""

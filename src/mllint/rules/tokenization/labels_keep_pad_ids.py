@@ -24,8 +24,9 @@ class LabelsKeepPadIds(Rule):
     id or an attention mask that also writes -100, such as
     `[(t if t != tokenizer.pad_token_id else -100) for t in ids]` or
     `labels[labels == tokenizer.pad_token_id] = -100`), when a loss is built with an
-    `ignore_index` other than -100 (it then ignores the pad id itself), and when
-    `DataCollatorForLanguageModeling(mlm=False)` rebuilds the labels.
+    `ignore_index` other than -100 (it then ignores the pad id itself), when the label rows are
+    changed in place through a loop (`for row in labels: row[n:] = -100`, also through
+    `zip`/`enumerate`), and when `DataCollatorForLanguageModeling(mlm=False)` rebuilds the labels.
 
     ## Why is this bad?
     Hugging Face models compute their loss with `ignore_index=-100` only: `ForCausalLMLoss` and
@@ -127,6 +128,31 @@ class LabelsKeepPadIds(Rule):
                 enc["labels"] = tokenizer(row["a"], padding="max_length", max_length=32)["input_ids"]
                 return enc
             ds = ds.map(encode)
+            """),
+        # Each row of the cloned ids is masked through the loop variable: everything after the
+        # answer, padding included, becomes -100 (rows of a tensor are views).
+        Valid("""
+            def build(dialogs, tok):
+                ids = tok(dialogs, padding="max_length", max_length=256, return_tensors="pt").input_ids
+                labels = ids.clone()
+                for text, row in zip(dialogs, labels):
+                    end = len(tok(text).input_ids)
+                    row[end:] = -100
+                return {"input_ids": ids, "labels": labels}
+            """),
+        # Batched map: each label row past its first EOS is overwritten with -100 in place,
+        # through the rows of the encoding's own "input_ids" list.
+        Valid("""
+            import copy
+            def prepare(batch):
+                enc = tokenizer(batch["prompt"], max_length=128, padding="max_length", truncation=True)
+                tgt = tokenizer(batch["answer"], max_length=128, padding="max_length", truncation=True)
+                for row in tgt["input_ids"]:
+                    stop = row.index(tokenizer.eos_token_id) + 1
+                    row[stop:] = [-100] * (len(row) - stop)
+                enc["labels"] = copy.deepcopy(tgt["input_ids"])
+                return enc
+            data = data.map(prepare, batched=True)
             """),
         # padding=True on one text pads nothing.
         Valid("""

@@ -26,15 +26,18 @@ class LossAccumulatedWithGraph(Rule):
 
     ## Why is this bad?
     A tensor that requires grad carries its autograd graph. Adding it to an accumulator makes
-    the accumulator a tensor whose graph references every step's loss, and through it every
-    step's saved activations stay reachable until the accumulator is dropped (the PyTorch FAQ,
-    "My model reports cuda runtime error(2): out of memory": "Don't accumulate history across
-    your training loop"). Memory grows with every step of the epoch, and printing the total
-    still works, so the leak goes unnoticed until an out-of-memory error on a long epoch.
+    the accumulator a tensor whose graph references every step's loss (the PyTorch FAQ, "My
+    model reports cuda runtime error(2): out of memory": "Don't accumulate history across your
+    training loop"). `backward()` frees each step's saved activations, but the chain of autograd
+    nodes and one loss tensor per step stay reachable until the accumulator is dropped, so
+    memory grows with every step of the epoch; where the loss is summed before `backward()`
+    (or with `retain_graph=True`), the activations stay too. Printing the total still works, so
+    the leak goes unnoticed until memory runs out on a long run.
 
     The rule leaves alone: `loss.item()`, `loss.detach()`, `float(loss)` and `loss.data`; sums
     inside `torch.no_grad()`/`inference_mode()` (evaluation loops); and sums that are themselves
-    backpropagated (`total = total + loss / k` then `total.backward()`: deliberate).
+    backpropagated (`total = total + loss / k` then `total.backward()`: deliberate); and totals
+    reset by a plain assignment earlier in the same iteration (they hold one step's history).
 
     ## Example
     ```python
@@ -108,6 +111,20 @@ class LossAccumulatedWithGraph(Rule):
                 total = total + loss
             total.backward()
             optimizer.step()
+            """),
+        # The total starts again at zero in every iteration: it sums the parts of one step's
+        # loss for display and is dropped before the next step, so no history piles up.
+        Valid("""
+            for real in loader:
+                d_total = 0.0
+                loss_real = bce(disc(real), ones)
+                loss_real.backward()
+                d_total += loss_real
+                loss_fake = bce(disc(gen(noise()).detach()), zeros)
+                loss_fake.backward()
+                d_total += loss_fake
+                opt_d.step()
+                writer.add_scalar("d_loss", d_total)
             """),
         # Evaluation loop under no_grad: no graph.
         Valid("""
@@ -238,15 +255,16 @@ class LossAccumulatedWithGraph(Rule):
             if binding is None:
                 continue
             backward = self._backward_of(ctx, flow, loop, loss, binding)
-            if backward is None or self._backpropagated(ctx, loops, accumulator, node):
+            if backward is None or self._backpropagated(ctx, loops, accumulator, node) \
+                    or self._reset_each_iteration(ctx, loop, accumulator, node):
                 continue
             acc = ctx.code(accumulator)
             row = ctx.locator.location(ctx.span(backward.node)[0]).row
             yield ctx.report(
                 node,
                 f"`{ctx.code(node)}` adds the loss tensor (backpropagated at line {row}) to `{acc}`: "
-                f"`{acc}` keeps the autograd graph and saved activations of every step alive, so memory "
-                f"grows with each iteration",
+                f"`{acc}` becomes a tensor holding every step's autograd history, so memory grows "
+                f"with each iteration",
                 fix=self._fix(ctx, flow, node, accumulator, loss, backward),
                 help=f"Add `{loss.value}.item()` (or `{loss.value}.detach()`) instead",
             )
@@ -275,6 +293,26 @@ class LossAccumulatedWithGraph(Rule):
                     and flow.reaching(target) is binding:
                 return event
         return None
+
+    @staticmethod
+    def _reset_each_iteration(ctx: Context, loop: Loop, accumulator: cst.BaseExpression, at: cst.CSTNode) -> bool:
+        """``acc = <value without acc>`` is a direct statement of the loop body before the sum:
+        the total is rebuilt in every iteration, so it never holds more than one step's loss."""
+        if not isinstance(accumulator, cst.Name) or not isinstance(loop.node, (cst.For, cst.While)) \
+                or not isinstance(loop.node.body, cst.IndentedBlock):
+            return False
+        for statement in loop.node.body.body:
+            if ctx.order(statement) >= ctx.order(at):
+                break
+            if not isinstance(statement, cst.SimpleStatementLine):
+                continue
+            for small in statement.body:
+                if isinstance(small, cst.Assign) and any(
+                        isinstance(t.target, cst.Name) and t.target.value == accumulator.value for t in small.targets) \
+                        and not any(isinstance(n, cst.Name) and n.value == accumulator.value
+                                    for n in _descendants(small.value)):
+                    return True
+        return False
 
     @staticmethod
     def _backpropagated(ctx: Context, loops: TrainingLoops, accumulator: cst.BaseExpression,
@@ -361,3 +399,10 @@ def _loss_operand(added: cst.BaseExpression) -> Optional[cst.Name]:
                 return side
     return None
 
+
+def _descendants(node: cst.CSTNode) -> Iterator[cst.CSTNode]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(current.children)

@@ -44,7 +44,9 @@ class MissingZeroGrad(Rule):
     after the step, under any condition) counts; so does `zero_grad()` on a model when the
     optimizer's parameters are not known; loops that hand the optimizer to a function of
     another module are left alone, as are Lightning modules under automatic optimization and
-    Hugging Face `Trainer` code (neither has a hand-written step).
+    Hugging Face `Trainer` code (neither has a hand-written step), and an optimizer built inside
+    the loop over parameters that may be new each iteration (a fresh model per configuration
+    starts with no gradients).
 
     ## Example
     ```python
@@ -204,6 +206,25 @@ class MissingZeroGrad(Rule):
                     dist_autograd.backward(context_id, [loss])
                     opt.step(context_id)
             """),
+        # Every iteration builds a new network and a new optimizer over it (a parameter-update
+        # smoke test per configuration): no gradient survives into the next iteration.
+        Valid("""
+            import torch
+            for cfg in configs:
+                net = Head(**cfg)
+                params = [p for p in net.parameters() if p.requires_grad]
+                sgd = torch.optim.SGD(params, lr=1.0)
+                net(sample(cfg)).mean().backward()
+                sgd.step()
+            """),
+        # One model per iteration of the loop itself.
+        Valid("""
+            import torch
+            for net in ensemble:
+                opt = torch.optim.Adam(net.parameters())
+                loss_fn(net(x), y).backward()
+                opt.step()
+            """),
         # A gym environment's step is not an optimizer step.
         Valid("""
             for t in range(1000):
@@ -336,6 +357,18 @@ class MissingZeroGrad(Rule):
             """,
             applicability=Applicability.UNSAFE,
         ),
+        # A new optimizer each iteration, but always over the same model's parameters: the
+        # model's .grad keeps accumulating.
+        Invalid(
+            """
+            import torch
+            for _ in range(5):
+                opt = torch.optim.SGD(model.parameters(), lr=0.01)
+                model(torch.randn(4, 3)).sum().backward()
+                opt.step()
+            """,
+            line=5,
+        ),
         # Lightning manual optimization without clearing.
         Invalid(
             """
@@ -374,6 +407,8 @@ class MissingZeroGrad(Rule):
                        if e.kind in (ZERO_GRAD, GRAD_RESET)):
                     continue
                 if self._handed_away(ctx, loops, loop, optimizer, step.node):
+                    continue
+                if not loop.lightning and loops.built_per_iteration(optimizer, step.node, loop):
                     continue
                 reported.add(step.node)
                 yield self._report(ctx, loops, loop, step, backwards[0])
