@@ -202,3 +202,135 @@ def test_evaluation_code_and_framework_hooks() -> None:
 def test_words(word: str, evaluation: bool, train: bool) -> None:
     assert is_eval_word(word) is evaluation
     assert is_train_word(word) is train
+
+
+_NET = """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+    import torchvision
+    from collections import OrderedDict
+    from mylib import Encoder
+    class Plain(nn.Module):
+        def __init__(self, hidden):
+            super().__init__()
+            self.hidden = hidden
+            self.conv = nn.Conv2d(3, 6, 5)
+            self.fc = nn.Linear(hidden, 10)
+            self.scale = hidden ** -0.5
+            self.weight = nn.Parameter(torch.zeros(hidden))
+        def forward(self, x):
+            return self.fc(F.relu(self.conv(x)).view(-1, self.hidden))
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Plain(16)
+            layers = [nn.Linear(4, 4)]
+            layers.append(nn.ReLU())
+            self.mlp = nn.Sequential(*layers)
+            self.attn = nn.MultiheadAttention(16, 4)
+        def forward(self, x):
+            return self.mlp(self.inner(x))
+    class Dropping(Plain):
+        def forward(self, x):
+            return F.dropout(super().forward(x), 0.1, self.training)
+    class Appends(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList()
+            self.blocks.append(nn.BatchNorm1d(4))
+    class Given(nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+        def forward(self, x):
+            return self.encoder(x)
+    class Imported(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+    class Tx(nn.Module):
+        def __init__(self, p):
+            super().__init__()
+            self.a = nn.TransformerEncoderLayer(16, 4, dropout=0.0)
+            self.b = nn.LSTM(4, 4, num_layers=2, dropout=p)
+    plain = Plain(8)
+    plain = plain.to("cuda")
+    outer = Outer()
+    seq = nn.Sequential(nn.Linear(2, 2), nn.Tanh())
+    dropping = Dropping(8)
+    appends = Appends()
+    given = Given(nn.Linear(2, 2))
+    imported = Imported()
+    vision = torchvision.models.resnet18()
+    tx = Tx(0.0)
+    norm = nn.InstanceNorm2d(3, track_running_stats=True)
+    seq_drop = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+    loaded = torch.load("model.pt", weights_only=False)
+    class Ordered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(OrderedDict([("fc", nn.Linear(2, 2)), ("act", nn.ReLU())]))
+    ordered = Ordered()
+    for looped in [plain]:
+        pass
+    probe()
+    """
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("plain", False), ("outer", False), ("seq", False), ("ordered", False), ("loaded", None),
+    ("dropping", True), ("appends", True), ("tx", True), ("norm", True), ("seq_drop", True),
+    ("given", None), ("imported", None), ("vision", None), ("looped", None), ("unbound", None),
+])
+def test_mode_dependent(name: str, expected) -> None:
+    ctx, modes = modes_for(_NET)
+    assert modes.mode_dependent(name, call(ctx, "probe()")) is expected
+
+
+def test_mode_dependent_self_attribute_and_parameter() -> None:
+    ctx, modes = modes_for("""
+        from torch import nn
+        class Wrapper(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Sequential(nn.Linear(2, 2))
+            def run(self, model):
+                a(self.net)
+                b(model)
+        """)
+    assert modes.mode_dependent("self.net", call(ctx, "a(self.net)")) is False
+    assert modes.mode_dependent("model", call(ctx, "b(model)")) is None
+
+
+def test_parameter_updates() -> None:
+    ctx, modes = modes_for("""
+        import torch
+        optimizer.step()
+        scaler.step(optimizer)
+        engine.backward(loss)
+        engine.step()
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-0.1)
+            p.grad.add_(p.data, alpha=1e-4)
+        with torch.no_grad():
+            w -= 0.1 * w.grad
+        x.data.add_(0.1 * x.grad.sign())
+        image = image + 0.1 * image.grad.sign()
+        """)
+    updates = [ctx.code(n) for n in modes.parameter_updates()]
+    assert updates == ["optimizer.step()", "scaler.step(optimizer)", "engine.step()",
+                       "p.data.add_(p.grad, alpha=-0.1)", "w -= 0.1 * w.grad"]
+
+
+def test_volatile_input() -> None:
+    ctx, modes = modes_for("""
+        from torch.autograd import Variable
+        x, y = Variable(x, volatile=True), Variable(y)
+        a(x)
+        b(y)
+        c(Variable(z.cuda(), volatile=True).cuda())
+        """)
+    assert modes.volatile_input(call(ctx, "a(x)"))
+    assert not modes.volatile_input(call(ctx, "b(y)"))
+    assert modes.volatile_input(call(ctx, "c(Variable(z.cuda(), volatile=True).cuda())"))

@@ -34,8 +34,17 @@ MLL409-MLL412) share:
   ``model.eval()``, lightning 2.6.6) and the evaluation methods of Hugging Face ``Trainer``
   subclasses (``Trainer.evaluation_loop`` calls ``model.eval()``).
 - **what trains, and what is a module**: ``trains(node)`` (a backward or optimizer step inside),
-  ``module_trains``, ``module_class(classdef)`` (an ``nn.Module`` subclass, through local
+  ``module_trains``, ``parameter_updates()`` (optimizer steps, a DeepSpeed engine's ``step()``,
+  updates by hand from ``.grad``: what makes a file train, as a backward alone may only compute
+  input gradients), ``module_class(classdef)`` (an ``nn.Module`` subclass, through local
   classes), ``module_value(expr, at)`` (an expression that is a torch module made in this file).
+- **mode dependence**: ``mode_dependent(model, at)``: False when the model is built in this
+  module from local classes and ``torch.nn`` layers none of which behaves differently in
+  training mode (no dropout, batch norm, ``RReLU``, running-stats instance norm, RNN/attention
+  dropout, ``nn.Transformer*`` defaults, ``self.training``, ``F.dropout*``); True when some part
+  is (or may be) mode-dependent; None when some part's type is not visible here.
+- **volatile inputs**: ``volatile_input(call)``: an argument is a
+  ``Variable(..., volatile=True)`` (torch < 0.4's graph-free inference).
 """
 
 from __future__ import annotations
@@ -43,13 +52,14 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import libcst as cst
 
 from mllint.analysis.dataflow import Assignments
 from mllint.analysis.instances import Instances
 from mllint.analysis.names import dotted
+from mllint.analysis.training_loop import TrainingLoops
 
 if TYPE_CHECKING:
     from mllint.core.context import Context
@@ -78,6 +88,25 @@ _NEUTRAL_LIBRARIES = ("torch.", "copy.", "numpy.", "math.", "wandb.", "logging."
 _SELF_METHODS = frozenset({"to", "cuda", "cpu", "half", "float", "bfloat16", "double",
                            "requires_grad_", "share_memory", "type"})
 _MODULE_BASES = ("torch.nn.", "lightning.pytorch.LightningModule")
+# Mode dependence (``Modes.mode_dependent``). torch.nn classes whose forward reads
+# ``self.training`` whatever their arguments (dropout/batch norm families, ``RReLU``).
+_MODE_LAYER = re.compile(r"Dropout|BatchNorm|^RReLU$")
+# torch.nn classes that depend on the mode through one argument: (name, position, default zero).
+_MODE_ARGUMENT = {"RNN": ("dropout", 6), "LSTM": ("dropout", 5), "GRU": ("dropout", 5),
+                  "MultiheadAttention": ("dropout", 2), "Transformer": ("dropout", 5),
+                  "TransformerEncoderLayer": ("dropout", 3), "TransformerDecoderLayer": ("dropout", 3)}
+# ... and whose default is mode-dependent (torch ``nn/modules/transformer.py``: ``dropout=0.1``).
+_MODE_BY_DEFAULT = frozenset({"Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer"})
+# torch.nn classes holding other modules: the positions (or all, None) that are modules.
+_MODULE_CONTAINERS = {"Sequential": None, "ModuleList": None, "ModuleDict": None, "TransformerEncoder": 0,
+                      "TransformerDecoder": 0, "DataParallel": 0, "DistributedDataParallel": 0}
+_NOT_MODULES = frozenset({"Parameter", "ParameterList", "ParameterDict", "Buffer", "UninitializedParameter"})
+_MODE_FUNCTIONS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                             "feature_alpha_dropout", "batch_norm", "spectral_norm"})
+_DATA_CALLS = frozenset({"int", "float", "bool", "str", "len", "range", "list", "tuple", "dict", "set",
+                         "max", "min", "sum", "abs", "round", "sorted", "getattr"})
+_DATA_LIBRARIES = ("torch.", "math.", "numpy.", "copy.copy")
+_LIST_MUTATORS = frozenset({"append", "extend", "insert", "add_module", "register_module", "update"})
 
 
 @dataclass(frozen=True)
@@ -181,6 +210,37 @@ def _bool_literal(node: Optional[cst.BaseExpression]) -> Optional[bool]:
     return None
 
 
+def _descendants(node: cst.CSTNode) -> Iterable[cst.CSTNode]:
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        stack.extend(current.children)
+
+
+def _zero(node: cst.BaseExpression) -> bool:
+    return isinstance(node, (cst.Integer, cst.Float)) and float(node.evaluated_value) == 0
+
+
+def _argument(call: cst.Call, keyword: str, position: int) -> Optional[cst.BaseExpression]:
+    """The value passed as ``keyword`` or at ``position`` (None when not passed)."""
+    for index, arg in enumerate(call.args):
+        if arg.keyword is not None and arg.keyword.value == keyword or arg.keyword is None and index == position:
+            return arg.value
+    return None
+
+
+def _combine(results: Iterable[Optional[bool]]) -> Optional[bool]:
+    """True if any part is mode-dependent, else None if any is unknown, else False."""
+    out: Optional[bool] = False
+    for result in results:
+        if result is True:
+            return True
+        if result is None:
+            out = None
+    return out
+
+
 def parameters(function: cst.FunctionDef) -> List[str]:
     params = function.params
     return [p.name.value for p in (*params.posonly_params, *params.params, *params.kwonly_params)]
@@ -208,6 +268,7 @@ class Modes:
                     and ctx.enclosing(function, cst.FunctionDef) is None:
                 self._functions.setdefault(function.name.value, []).append(function)
         self.module_trains = any(is_training_step(c) for c in self._calls)
+        self._class_modes: Dict[cst.ClassDef, Optional[bool]] = {}
 
     # -- classes -------------------------------------------------------------------------------
     def _subclasses(self, known) -> Set[cst.ClassDef]:
@@ -304,10 +365,280 @@ class Modes:
             return False  # some binding is not a plain assignment (a loop, a tuple, `with ... as`)
         return all(self.module_value(v, v, _seen | {expr.value}) for v in values)
 
+    # -- mode dependence -----------------------------------------------------------------------
+    def mode_dependent(self, model: Union[str, cst.BaseExpression], at: cst.CSTNode) -> Optional[bool]:
+        """Whether ``model``'s forward depends on train/eval mode at ``at``. False only when every
+        value of the name is built in this module from local ``nn.Module`` classes and
+        ``torch.nn`` layers (``nn.Sequential`` contents, submodule classes, recursively) none of
+        which is mode-dependent, and no method of those classes reads ``.training`` or calls
+        ``F.dropout*``/``F.batch_norm``/``spectral_norm``. Mode-dependent layers: ``Dropout*``,
+        ``AlphaDropout``, ``BatchNorm*``, ``SyncBatchNorm``, ``RReLU``, ``InstanceNorm*`` with
+        ``track_running_stats=True``, ``RNN``/``LSTM``/``GRU``/``MultiheadAttention`` with a
+        dropout that is not a literal 0, ``Transformer``/``TransformerEncoderLayer``/
+        ``TransformerDecoderLayer`` unless ``dropout=0``. True: some part is (or may be, by a
+        non-literal argument) mode-dependent; None: some part is of a type this module does not
+        show (an imported class, a torchvision or Hugging Face model, a parameter)."""
+        expr = cst.parse_expression(model) if isinstance(model, str) else model
+        return self._dependence(expr, at, frozenset())
+
+    def _dependence(self, expr: cst.BaseExpression, at: cst.CSTNode, seen: FrozenSet[object]) -> Optional[bool]:
+        """Mode dependence of an expression that must be a module (or a collection of modules)."""
+        while isinstance(expr, cst.Call) and _method(expr) in _SELF_METHODS | {"train", "eval"}:
+            expr = expr.func.value  # type: ignore[union-attr]
+        if isinstance(expr, (cst.List, cst.Tuple, cst.Set)):
+            return _combine(self._dependence(e.value, at, seen) for e in expr.elements)
+        if isinstance(expr, cst.Dict):
+            return _combine(self._dependence(e.value, at, seen) if isinstance(e, cst.DictElement) else None
+                            for e in expr.elements)
+        if isinstance(expr, (cst.ListComp, cst.GeneratorExp, cst.SetComp)):
+            return self._dependence(expr.elt, at, seen)
+        if isinstance(expr, cst.DictComp):
+            return self._dependence(expr.value, at, seen)
+        if isinstance(expr, cst.IfExp):
+            return _combine([self._dependence(expr.body, at, seen), self._dependence(expr.orelse, at, seen)])
+        if isinstance(expr, cst.Call):
+            return self._constructed_dependence(expr, at, seen)
+        if self._data(expr):
+            return False  # `self.norm = None`
+        key = dotted(expr)
+        if key is None:
+            return None
+        holder = self.ctx.enclosing(at, cst.ClassDef) if key.startswith("self.") else self._scope(at)
+        if (holder, key) in seen:
+            return False  # `model = model.to(device)` adds no value of its own
+        values = self._bound_values(expr, at)
+        if values is None:
+            return None
+        return _combine(self._dependence(v, v, seen | {(holder, key)}) for v in values)
+
+    def _bound_values(self, expr: cst.BaseExpression, at: cst.CSTNode) -> Optional[List[cst.BaseExpression]]:
+        """Every value a local/global name or ``self.x`` is bound to, plus what is added to it
+        (``layers.append(...)``); None when a binding is not a plain assignment, or for a parameter."""
+        instances = self.ctx.get(Instances)
+        key = dotted(expr)
+        if isinstance(expr, cst.Attribute) and isinstance(expr.value, cst.Name) and expr.value.value == "self":
+            where: Optional[cst.CSTNode] = self.ctx.enclosing(at, cst.ClassDef)
+            values = list(instances.attr_values.get(where, {}).get(expr.attr.value, [])) if where is not None else []
+        elif isinstance(expr, cst.Name):
+            function = self.ctx.enclosing(at, cst.FunctionDef)
+            if function is not None and expr.value in parameters(function):
+                return None
+            bound = self.ctx.get(Assignments).by_scope
+            where = function if function is not None and (function, expr.value) in bound else self.ctx.module
+            values = instances.values(expr.value, at)
+            if len(values) != len(bound.get((where, expr.value), ())):
+                return None
+        else:
+            return None
+        for call in self.calls_within(where) if where is not None else ():
+            if _method(call) in _LIST_MUTATORS and dotted(call.func.value) == key \
+                    and (key.startswith("self.") or self._scope(call) is where):  # type: ignore[union-attr]
+                values.extend(a.value for a in call.args if not isinstance(a.value, cst.BaseString))
+        return values or None
+
+    def _constructed_dependence(self, call: cst.Call, at: cst.CSTNode, seen: FrozenSet[object]) -> Optional[bool]:
+        layer = self._torch_nn_class(call.func)
+        if layer is not None:
+            return self._layer_dependence(layer, call, at, seen)
+        cls = self._local_module_class(call.func)
+        if cls is not None:
+            return self._class_dependence(cls, seen)
+        names = self.ctx.names.resolve(call.func)
+        if names and names <= {"copy.deepcopy", "torch.compile", "collections.OrderedDict"} and call.args:
+            first = call.args[0].value
+            if "collections.OrderedDict" in names and isinstance(first, (cst.List, cst.Tuple)):
+                return _combine(self._dependence(e.value.elements[-1].value, at, seen)
+                                if isinstance(e.value, cst.Tuple) and e.value.elements else None
+                                for e in first.elements)
+            return self._dependence(first, at, seen)
+        return None  # a factory, a loader (`torch.load`, `torch.hub.load`), an imported class
+
+    def _torch_nn_class(self, func: cst.BaseExpression) -> Optional[str]:
+        """``Dropout`` for ``nn.Dropout`` / ``torch.nn.modules.dropout.Dropout``; None otherwise."""
+        found = set()
+        for name in self.ctx.names.resolve(func):
+            parts = name.split(".")
+            if parts[:2] != ["torch", "nn"] or not parts[-1][:1].isupper() or len(parts) > 3 and \
+                    parts[2] not in ("modules", "parallel"):
+                return None
+            found.add(parts[-1])
+        return found.pop() if len(found) == 1 else None
+
+    def _local_module_class(self, func: cst.BaseExpression) -> Optional[cst.ClassDef]:
+        if not isinstance(func, cst.Name) or func.value in self.ctx.names.bindings:
+            return None
+        classes = self._classes.get(func.value, [])
+        return classes[0] if len(classes) == 1 and classes[0] in self._module_classes else None
+
+    def _layer_dependence(self, layer: str, call: Optional[cst.Call], at: cst.CSTNode,
+                          seen: FrozenSet[object]) -> Optional[bool]:
+        if _MODE_LAYER.search(layer):
+            return True
+        if layer in _NOT_MODULES:
+            return False
+        if layer.startswith(("InstanceNorm", "LazyInstanceNorm")) or layer in _MODE_ARGUMENT:
+            if call is None or any(a.star for a in call.args):
+                return None if call is None else True
+            name, position = _MODE_ARGUMENT.get(layer, ("track_running_stats", 4 - layer.startswith("Lazy")))
+            value = _argument(call, name, position)
+            if value is None:
+                return layer in _MODE_BY_DEFAULT
+            if name == "track_running_stats":
+                return _bool_literal(value) is not False
+            return not _zero(value)
+        if layer in _MODULE_CONTAINERS:
+            if call is None:
+                return None
+            position = _MODULE_CONTAINERS[layer]
+            args = [a for a in call.args if a.keyword is None or a.keyword.value in ("norm", "module")]
+            if position is not None:
+                args = [a for i, a in enumerate(args) if i == position or a.keyword is not None]
+            return _combine(self._dependence(a.value, at, seen) for a in args)
+        return False
+
+    def _class_dependence(self, cls: cst.ClassDef, seen: FrozenSet[object]) -> Optional[bool]:
+        """Mode dependence of a local ``nn.Module`` subclass: its bases, every module it builds or
+        is given (through ``self.x = ...``, containers and ``append``), and what its methods read."""
+        if cls in seen:
+            return None
+        if cls not in self._class_modes:
+            self._class_modes[cls] = self._class_parts(cls, seen | {cls})
+        return self._class_modes[cls]
+
+    def _class_parts(self, cls: cst.ClassDef, seen: FrozenSet[object]) -> Optional[bool]:
+        results: List[Optional[bool]] = []
+        for base in cls.bases:
+            local = self._local_module_class(base.value)
+            layer = self._torch_nn_class(base.value)
+            names = self.ctx.names.resolve(base.value)
+            if local is not None:
+                results.append(self._class_dependence(local, seen))
+            elif names & {"torch.nn.Module", "lightning.pytorch.LightningModule"}:
+                continue
+            elif layer is not None:
+                results.append(self._layer_dependence(layer, None, cls, seen))
+            else:
+                return None
+        start, end = self.ctx.order(cls.body), self.ctx.end_order(cls.body)
+        for node in self.ctx.nodes(cst.Attribute):
+            if start <= self.ctx.order(node) <= end and node.attr.value == "training":
+                return True
+        for call in self.calls_within(cls.body):
+            names = self.ctx.names.resolve(call.func)
+            if any(n.startswith("torch.") and n.rsplit(".", 1)[-1] in _MODE_FUNCTIONS for n in names):
+                return True
+            if self._torch_nn_class(call.func) is not None or self._local_module_class(call.func) is not None:
+                results.append(self._constructed_dependence(call, call, seen))
+            elif any(n.rsplit(".", 1)[-1][:1].isupper() or n.startswith(("torchvision.models", "timm."))
+                     for n in names if not n.startswith(_DATA_LIBRARIES + ("collections.", "typing."))):
+                results.append(None)  # an imported class: a module of unknown type, maybe
+        used = self._used_as_modules(cls)
+        instances = self.ctx.get(Instances)
+        for attr, values in instances.attr_values.get(cls, {}).items():
+            made = any(isinstance(v, cst.Call) and not self._data(v) for v in values)
+            if made or attr in used:
+                results.append(self._dependence(cst.parse_expression(f"self.{attr}"), values[0], seen))
+        for call in self.calls_within(cls.body):  # setattr(self, name, m), self.add_module(name, m)
+            args: Sequence[cst.Arg] = ()
+            if dotted(call.func) == "setattr":
+                args = call.args[1:]
+            elif _method(call) in _LIST_MUTATORS and dotted(call.func.value) == "self":  # type: ignore[union-attr]
+                args = call.args
+            results.extend(self._dependence(a.value, call, seen) for a in args
+                           if not isinstance(a.value, cst.BaseString))
+        for assign in self.ctx.nodes(cst.Assign):
+            if start <= self.ctx.order(assign) <= end:
+                for target in assign.targets:
+                    if isinstance(target.target, (cst.Tuple, cst.List)) and any(
+                            (dotted(e.value) or "")[5:] in used for e in target.target.elements
+                            if (dotted(e.value) or "").startswith("self.")):
+                        results.append(None)  # `self.enc, self.dec = build()`: not followed
+        return _combine(results)
+
+    def _used_as_modules(self, cls: cst.ClassDef) -> Set[str]:
+        """Attributes of ``self`` that are called (``self.f(x)``, ``self.enc.layer(x)``,
+        ``self.blocks[i](x)``) or iterated over (``for block in self.blocks``) in the class."""
+        used: Set[str] = set()
+        for call in self.calls_within(cls.body):
+            node = call.func
+            while isinstance(node, (cst.Attribute, cst.Subscript)):
+                if isinstance(node.value, cst.Name) and node.value.value == "self" and isinstance(node, cst.Attribute):
+                    used.add(node.attr.value)
+                node = node.value
+        start, end = self.ctx.order(cls.body), self.ctx.end_order(cls.body)
+        for loop in (*self.ctx.nodes(cst.For), *self.ctx.nodes(cst.CompFor)):
+            if start <= self.ctx.order(loop) <= end:
+                iters = [loop.iter]
+                if isinstance(loop.iter, cst.Call) and dotted(loop.iter.func) in ("enumerate", "zip", "reversed"):
+                    iters = [a.value for a in loop.iter.args]
+                for item in iters:
+                    text = dotted(item) or ""
+                    if text.startswith("self.") and text.count(".") == 1:
+                        used.add(text[5:])
+        return used
+
+    def _data(self, value: cst.BaseExpression) -> bool:
+        """A value that is not a module: a literal, arithmetic, a tensor or a builtin's result."""
+        if isinstance(value, (cst.BaseNumber, cst.BaseString, cst.BinaryOperation, cst.UnaryOperation,
+                              cst.Comparison, cst.Lambda)):
+            return True
+        if isinstance(value, cst.Name):
+            return value.value in ("True", "False", "None")
+        if isinstance(value, (cst.List, cst.Tuple, cst.Dict, cst.Set)):
+            return all(self._data(e.value) for e in value.elements if isinstance(e, (cst.Element, cst.DictElement)))
+        if isinstance(value, cst.Call):
+            if isinstance(value.func, cst.Name) and value.func.value in _DATA_CALLS \
+                    and value.func.value not in self.ctx.names.bindings:
+                return True
+            if self._torch_nn_class(value.func) in _NOT_MODULES:
+                return True
+            names = self.ctx.names.resolve(value.func)
+            return bool(names) and all(n.startswith(_DATA_LIBRARIES) and not n.startswith("torch.nn.")
+                                       and not n.rsplit(".", 1)[-1][:1].isupper() for n in names)
+        return False
+
     # -- evaluation code -----------------------------------------------------------------------
     def trains(self, node: cst.CSTNode) -> bool:
         """A backward pass or optimizer step inside ``node``."""
         return any(is_training_step(c) for c in self.calls_within(node))
+
+    def parameter_updates(self) -> List[cst.CSTNode]:
+        """Where the module updates parameters: optimizer steps (``TrainingLoops``), an engine's
+        ``step()`` after its ``backward(loss)`` (DeepSpeed), and updates by hand from gradients
+        (``p.data.add_(p.grad, alpha=-lr)`` for ``p`` in ``model.parameters()``, ``w -= lr * w.grad``
+        under ``torch.no_grad()``). A backward pass alone (input gradients) is not one."""
+        loops = self.ctx.get(TrainingLoops)
+        found: List[cst.CSTNode] = list(loops.optimizer_steps())
+        engines = {dotted(c.func.value) for c in self._calls  # type: ignore[union-attr]
+                   if _method(c) == "backward" and len(c.args) == 1} - {None}
+        found += [c for c in self._calls
+                  if _method(c) == "step" and dotted(c.func.value) in engines]  # type: ignore[union-attr]
+        candidates: List[Tuple[cst.CSTNode, cst.BaseExpression, List[cst.CSTNode]]] = [
+            (a, a.target, [a.value]) for a in self.ctx.nodes(cst.AugAssign)
+            if isinstance(a.operator, (cst.SubtractAssign, cst.AddAssign))]
+        candidates += [(c, c.func.value, list(c.args)) for c in self._calls  # type: ignore[union-attr]
+                       if (_method(c) or "").endswith("_") and (_method(c) or "").startswith(("add", "sub", "copy"))]
+        for node, target, values in candidates:
+            chain = [target]
+            while isinstance(chain[-1], (cst.Attribute, cst.Subscript)):
+                chain.append(chain[-1].value)
+            if any(isinstance(c, cst.Attribute) and c.attr.value == "grad" for c in chain) or not any(
+                    isinstance(n, cst.Attribute) and n.attr.value == "grad" for v in values for n in _descendants(v)):
+                continue  # a gradient edited, or no gradient used
+            root = chain[-1]
+            if loops.no_grad(node) or isinstance(root, cst.Name) and self._parameter_loop(root, node):
+                found.append(node)
+        return sorted(found, key=self.ctx.order)
+
+    def _parameter_loop(self, name: cst.Name, at: cst.CSTNode) -> bool:
+        """``name`` is the target of a loop around ``at`` over ``m.parameters()``/``named_parameters()``."""
+        for ancestor in self.ctx.ancestors(at):
+            if isinstance(ancestor, cst.For) and any(isinstance(n, cst.Name) and n.value == name.value
+                                                     for n in _descendants(ancestor.target)) \
+                    and any(isinstance(c, cst.Call) and _method(c) in ("parameters", "named_parameters")
+                            for c in _descendants(ancestor.iter)):
+                return True
+        return False
 
     def calls_within(self, node: cst.CSTNode) -> List[cst.Call]:
         """Every call inside ``node``, in source order (from the shared index)."""
@@ -415,6 +746,41 @@ class Modes:
             if sites and all(self.grad_disabled(site, 1) for site in sites):
                 return True
         return False
+
+    def volatile_input(self, call: cst.Call) -> bool:
+        """An argument of ``call`` is a ``torch.autograd.Variable(..., volatile=True)``, directly or
+        through the last assignment to a local name (``x, y = Variable(x, volatile=True), ...``):
+        torch < 0.4's way to record no graph for everything computed from it."""
+        for arg in call.args:
+            value: Optional[cst.BaseExpression] = arg.value
+            if isinstance(value, cst.Name):
+                value = self._assigned_before(value, call)
+            while isinstance(value, cst.Call) and _method(value) in _SELF_METHODS:
+                value = value.func.value  # type: ignore[union-attr]
+            if isinstance(value, cst.Call) and self.ctx.names.resolve(value.func) & {
+                    "torch.autograd.Variable", "torch.autograd.variable.Variable"} \
+                    and any(a.keyword is not None and a.keyword.value == "volatile"
+                            and _bool_literal(a.value) for a in value.args):
+                return True
+        return False
+
+    def _assigned_before(self, name: cst.Name, at: cst.CSTNode) -> Optional[cst.BaseExpression]:
+        """The value the last assignment before ``at`` in its scope gives ``name`` (tuples unpacked
+        element by element), if that assignment is a plain one."""
+        scope, found, last = self._scope(at), None, -1
+        for assign in self.ctx.nodes(cst.Assign):
+            if self._scope(assign) is not scope or self.ctx.end_order(assign) >= self.ctx.order(at):
+                continue
+            for target in assign.targets:
+                pairs = [(target.target, assign.value)]
+                names, values = target.target, assign.value
+                if isinstance(names, (cst.Tuple, cst.List)) and isinstance(values, (cst.Tuple, cst.List)) \
+                        and len(names.elements) == len(values.elements):
+                    pairs = [(t.value, v.value) for t, v in zip(names.elements, values.elements)]
+                for bound, value in pairs:
+                    if isinstance(bound, cst.Name) and bound.value == name.value and self.ctx.order(assign) > last:
+                        found, last = value, self.ctx.order(assign)
+        return found
 
     # -- helpers -------------------------------------------------------------------------------
     def helper(self, call: cst.Call) -> Optional[cst.FunctionDef]:

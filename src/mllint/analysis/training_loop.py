@@ -185,6 +185,11 @@ class TrainingLoops:
             self._by_node[node] = loop
 
     # -- events ------------------------------------------------------------------------------
+    def optimizer_steps(self) -> List[cst.CSTNode]:
+        """Every optimizer step of the module, in a loop or not (``opt.step()``,
+        ``scaler.step(opt)``, ``xm.optimizer_step(opt)``), in source order."""
+        return [node for kind, node, _, _ in self._events if kind == OPTIMIZER_STEP]
+
     def _classify(self, call: cst.Call) -> Optional[Tuple[str, Optional[cst.BaseExpression], bool]]:
         func = call.func
         names = self.ctx.names

@@ -47,6 +47,15 @@ class EvaluationInTrainMode(Rule):
     methods of Hugging Face `Trainer` subclasses, whose frameworks switch modes themselves, and
     when the `.train()` line's comment says train mode is intended (MC dropout).
 
+    It is also silent when the mode provably makes no difference: the model is an instance of a
+    class defined in the module (or an `nn.Sequential` built there) whose layers, submodule
+    classes included, are all mode-independent (`Conv2d`, `Linear`, `MaxPool2d`, `ReLU`, ...),
+    and whose methods never read `self.training` nor call `F.dropout*`/`F.batch_norm`. Dropout
+    and batch norm layers, `RReLU`, `InstanceNorm*` with `track_running_stats=True`, RNNs and
+    `MultiheadAttention` with a non-zero `dropout`, and `nn.Transformer*` layers (dropout 0.1 by
+    default) are mode-dependent; a submodule of a type the module does not show (an imported
+    class, a torchvision or Hugging Face model, a module passed in) keeps the finding.
+
     ## Why is this bad?
     `nn.Module.train()` sets `self.training = True` on the module and every child (torch
     `nn/modules/module.py`, `Module.train`; `Module.eval` is `train(False)`), and a new module
@@ -202,6 +211,59 @@ class EvaluationInTrainMode(Rule):
             for x, y in test_loader:
                 model(x)
             """),
+        # Only mode-independent layers (the CIFAR-10 tutorial's net): eval() changes nothing.
+        Valid("""
+            import torch
+            import torch.nn as nn
+            import torch.nn.functional as F
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv1 = nn.Conv2d(3, 6, 5)
+                    self.pool = nn.MaxPool2d(2, 2)
+                    self.fc = nn.Linear(6 * 14 * 14, 10)
+                def forward(self, x):
+                    x = self.pool(F.relu(self.conv1(x)))
+                    return self.fc(torch.flatten(x, 1))
+            net = Net()
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+            for x, y in trainloader:
+                optimizer.zero_grad()
+                F.cross_entropy(net(x), y).backward()
+                optimizer.step()
+            with torch.no_grad():
+                for x, y in testloader:
+                    print(net(x).argmax(1))
+            """),
+        # Mode-independent submodule classes and containers, an LSTM without dropout.
+        Valid("""
+            from torch import nn
+            class Block(nn.Module):
+                def __init__(self, width):
+                    super().__init__()
+                    self.width = width
+                    self.layers = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width))
+                def forward(self, x):
+                    return x + self.layers(x)
+            class Tagger(nn.Module):
+                def __init__(self, width, depth):
+                    super().__init__()
+                    self.rnn = nn.LSTM(width, width, batch_first=True, dropout=0.0)
+                    self.blocks = nn.ModuleList([Block(width) for _ in range(depth)])
+                    self.norm = nn.InstanceNorm1d(width)
+                def forward(self, x):
+                    x, _ = self.rnn(x)
+                    for block in self.blocks:
+                        x = block(x)
+                    return x
+            model = Tagger(64, 2).to("cuda")
+            model.train()
+            for x, y in train_loader:
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            for x, y in val_loader:
+                model(x)
+            """),
         # Loading with from_pretrained gives an eval-mode model; no train() on the way.
         Valid("""
             from transformers import AutoModelForCausalLM
@@ -281,6 +343,90 @@ class EvaluationInTrainMode(Rule):
             line=13,
             message="made at line 8",
         ),
+        # Batch norm: its running statistics are updated with test batches.
+        Invalid(
+            """
+            import torch.nn as nn
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.features = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+                    self.head = nn.Linear(8, 10)
+                def forward(self, x):
+                    return self.head(self.features(x).mean((2, 3)))
+            net = Net()
+            for x, y in trainloader:
+                loss_fn(net(x), y).backward()
+                optimizer.step()
+            for x, y in testloader:
+                net(x)
+            """,
+            line=14,
+            message="`net(...)` runs in the evaluation loop over `testloader`",
+        ),
+        # A mode-dependent layer in a submodule class; a dropout passed by name.
+        Invalid(
+            """
+            from torch import nn
+            class Head(nn.Module):
+                def __init__(self, p):
+                    super().__init__()
+                    self.rnn = nn.GRU(32, 32, num_layers=2, dropout=p)
+                def forward(self, x):
+                    return self.rnn(x)[0]
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.head = Head(0.2)
+                def forward(self, x):
+                    return self.head(x)
+            net = Net()
+            net.train()
+            for x, y in train_loader:
+                loss_fn(net(x), y).backward()
+            for x, y in val_loader:
+                net(x)
+            """,
+            line=19,
+            message="`net.train()` at line 15",
+        ),
+        # A torchvision model (its layers are not visible here) keeps the finding.
+        Invalid(
+            """
+            import torchvision
+            model = torchvision.models.resnet18(num_classes=10)
+            model.train()
+            for x, y in train_loader:
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            for x, y in test_loader:
+                model(x)
+            """,
+            line=8,
+            message="`model.train()` at line 3",
+        ),
+        # A local class around an imported backbone: unknown, reported.
+        Invalid(
+            """
+            from torch import nn
+            from mylib import Backbone
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.backbone = Backbone()
+                    self.fc = nn.Linear(512, 10)
+                def forward(self, x):
+                    return self.fc(self.backbone(x))
+            model = Net()
+            for x, y in train_loader:
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            for x, y in test_loader:
+                model(x)
+            """,
+            line=15,
+            message="made at line 10",
+        ),
         # train(False) / train(mode=True) are understood.
         Invalid(
             """
@@ -317,7 +463,7 @@ class EvaluationInTrainMode(Rule):
                 context = call if kind == "generate" else modes.eval_context(call)
                 if context is not None and context not in reported:
                     mode = modes.mode_at(key, call)
-                    if self._trained(ctx, modes, mode):
+                    if self._trained(ctx, modes, mode) and modes.mode_dependent(key, call) is not False:
                         reported.add(context)
                         yield ctx.report(call, self._direct_message(ctx, call, key, kind, context, mode))
                         continue
@@ -373,7 +519,7 @@ class EvaluationInTrainMode(Rule):
             if mapped is None:
                 continue
             mode = lookup(modes.state_at(call), mapped)
-            if not self._trained(ctx, modes, mode):
+            if not self._trained(ctx, modes, mode) or modes.mode_dependent(mapped, call) is False:
                 continue
             return ctx.report(
                 call,

@@ -27,7 +27,9 @@ class NoGradInEval(Rule):
     evaluation hook (Lightning runs them under `torch.inference_mode`/`no_grad`). Loops that use
     gradients (`.backward()`, `torch.autograd.grad`, `requires_grad`, `.grad`) and
     `model.generate()` calls (already `@torch.no_grad()`) are left alone, as are contexts decided
-    at run time (`torch.set_grad_enabled(phase == "train")`).
+    at run time (`torch.set_grad_enabled(phase == "train")`) and inputs wrapped in
+    `Variable(x, volatile=True)` (torch < 0.4's no-grad). `model.train(False)` counts as
+    `model.eval()`.
 
     ## Why is this bad?
     It is not a correctness bug: `model.eval()` changes dropout and batch norm, not autograd.
@@ -73,7 +75,7 @@ class NoGradInEval(Rule):
     severity = Severity.INFO
     default_enabled = False
     tags = ("performance", "torch", "training")
-    triggers = (("eval",),)
+    triggers = (("eval", "train"),)  # `model.train(False)` is `eval()`
     # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
     requires = (("call:eval", "call:train"),)
     premise = {"torch": ">=1.0"}
@@ -140,6 +142,21 @@ class NoGradInEval(Rule):
             for x, y in val_loader:
                 model(x)
             """),
+        # Pre-0.4 torch: a volatile input records no graph.
+        Valid("""
+            from torch.autograd import Variable
+            def test(model, loader):
+                model.eval()
+                for data, target in loader:
+                    data, target = Variable(data, volatile=True), Variable(target)
+                    output = model(data)
+            """),
+        Valid("""
+            import torch
+            model.eval()
+            for x, _ in test_loader:
+                model(torch.autograd.Variable(x.cuda(), volatile=True))
+            """),
         # Grads turned off for the whole script.
         Valid("""
             import torch
@@ -198,6 +215,17 @@ class NoGradInEval(Rule):
             """,
             applicability=Applicability.SAFE,
         ),
+        # `train(False)` is `eval()`; a non-volatile Variable records the graph.
+        Invalid(
+            """
+            from torch.autograd import Variable
+            model.train(False)
+            for i, (x, y) in enumerate(validation_loader):
+                out = model(Variable(x, volatile=False))
+            """,
+            line=4,
+            message="after `model.train(False)` (line 2)",
+        ),
         # Without `import torch` there is no fix.
         Invalid(
             """
@@ -222,7 +250,7 @@ class NoGradInEval(Rule):
                 if found is None or found[1] == "generate" \
                         or ctx.enclosing(call, cst.FunctionDef) is not ctx.enclosing(loop, cst.FunctionDef):
                     continue
-                if modes.grad_disabled(call) is not False:
+                if modes.grad_disabled(call) is not False or modes.volatile_input(call):
                     continue
                 mode = modes.mode_at(found[0], call)
                 if mode.state != EVAL or not mode.explicit or mode.node is None:

@@ -4,7 +4,7 @@ from typing import Iterator, Optional
 
 import libcst as cst
 
-from mllint.analysis.modes import is_training_step
+from mllint.analysis.modes import Modes, is_training_step
 from mllint.core.context import Context
 from mllint.core.diagnostic import Diagnostic, Severity
 from mllint.core.rule import Invalid, Rule, Valid
@@ -19,15 +19,18 @@ _LIGHTNING_TRAINERS = frozenset({"lightning.pytorch.Trainer", "lightning.pytorch
 
 class UncontrolledRandomness(Rule):
     """## What it does
-    Checks for a training script (a file whose top-level code runs a backward pass, an optimizer
-    step or a Lightning `Trainer.fit`, directly or through functions of the file it calls, e.g.
-    from an `if __name__ == "__main__":` block) that never
+    Checks for a training script (a file whose top-level code updates parameters: an optimizer
+    step (`opt.step()`, `scaler.step(opt)`, `xm.optimizer_step(opt)`, a DeepSpeed engine's
+    `step()`), an update by hand from gradients (`p.data.add_(p.grad, alpha=-lr)`,
+    `w -= lr * w.grad` under `torch.no_grad()`) or a Lightning `Trainer.fit`, directly or through
+    functions of the file it calls, e.g. from an `if __name__ == "__main__":` block) that never
     seeds torch: no `torch.manual_seed`, `torch.cuda.manual_seed_all`, Lightning's
     `seed_everything`, `transformers.set_seed`/`accelerate.utils.set_seed`, or any other call named
     `*seed*` (a project's own `set_seed` helper counts) anywhere in the module. Seeding only
     `random` or `numpy` does not count. Modules that build a Hugging Face or trl `Trainer` are left
     alone: it seeds itself. Library modules (training functions nobody in the file calls) are
-    never reported.
+    never reported, nor are files whose backward passes only compute input gradients (adversarial
+    examples, saliency maps) with no parameter update.
 
     This is dslinter's `randomness-control-pytorch` (W5511), restricted to files that train.
 
@@ -118,6 +121,22 @@ class UncontrolledRandomness(Rule):
                 loss.backward()
                 optimizer.step()
             """),
+        # Gradients with respect to the input of a loaded model (an adversarial attack): no
+        # parameter is updated, so nothing is trained.
+        Valid("""
+            import torch
+            import torch.nn.functional as F
+            net = Classifier()
+            net.load_state_dict(torch.load("clf.pt", weights_only=True))
+            net.eval()
+            for image, label in test_loader:
+                image.requires_grad = True
+                loss = F.cross_entropy(net(image), label)
+                net.zero_grad()
+                loss.backward()
+                adversarial = (image + 0.05 * image.grad.sign()).clamp(0, 1)
+                print(net(adversarial).argmax(1) == label)
+            """),
         # No training at all.
         Valid("""
             import torch
@@ -126,6 +145,32 @@ class UncontrolledRandomness(Rule):
             """),
     )
     INVALID = (
+        # Plain SGD by hand (the nn tutorial's shape).
+        Invalid(
+            """
+            import torch
+            weights = torch.randn(784, 10, requires_grad=True)
+            for xb, yb in batches:
+                loss = loss_func(xb @ weights, yb)
+                loss.backward()
+                with torch.no_grad():
+                    weights -= weights.grad * 0.5
+                    weights.grad.zero_()
+            """,
+            line=5,
+            message="`loss.backward(...)`",
+        ),
+        Invalid(
+            """
+            import torch
+            for batch in loader:
+                model.zero_grad()
+                model(batch).backward()
+                for p in model.parameters():
+                    p.data.add_(p.grad, alpha=-0.1)
+            """,
+            line=4,
+        ),
         Invalid(
             """
             import random
@@ -171,6 +216,8 @@ class UncontrolledRandomness(Rule):
                 first = call
         if first is None or not self._runs(ctx, first):
             return
+        if not self._fit(ctx, first) and not any(self._runs(ctx, u) for u in ctx.get(Modes).parameter_updates()):
+            return  # backward passes only (input gradients, saliency): nothing is trained
         yield ctx.report(
             first,
             f"this script trains (`{ctx.code(first.func)}(...)`) but never seeds torch (no "
