@@ -110,6 +110,8 @@ def facts(source: str = SOURCE) -> CodeFacts:
     ("name:*ForCausalLM", True), ("name:AutoModel*", True), ("name:*ModelFor*", True),
     ("name:*ForSeq2SeqLM", False),
     ("call:generate & import:transformers", True), ("call:generate & import:peft", False),
+    ("call-lacking:generate/attention_mask", True), ("call-lacking:generate/max_new_tokens", False),
+    ("call-lacking:train/lr", False),  # no call of train at all
 ])
 def test_requirements_match_the_code_only(requirement, expected):
     assert facts().allows(compile_groups(((requirement,),))) is expected
@@ -122,10 +124,21 @@ def test_groups_need_every_group_and_one_alternative():
 
 
 @pytest.mark.parametrize("bad", [(("generate",),), (("kind:x",),), (("name:*",),), (("name:a*b",),),
-                                 ("name:x",), ((),), (("name:",),)])
+                                 ("name:x",), ((),), (("name:",),), (("call-lacking:f",),),
+                                 (("call-lacking:f*/k",),)])
 def test_malformed_declarations_are_errors(bad):
     with pytest.raises(TriageError):
         compile_groups(bad)
+
+
+def test_call_lacking_a_keyword():
+    """``F.dropout(x, p)`` lacks ``training``; with ``training=`` or a ``**`` splat it does not."""
+    lacking = compile_groups((("call-lacking:dropout/training",),))
+    assert facts("F.dropout(x, 0.1)\n").allows(lacking)
+    assert facts("F.dropout(x, 0.1, training=t)\nnn.functional.dropout(y, p=p)\n").allows(lacking)
+    assert not facts("F.dropout(x, 0.1, training=self.training)\n").allows(lacking)
+    assert not facts("F.dropout(x, **kw)\n").allows(lacking)
+    assert not text_allows(lacking, "x = 1\n")
 
 
 def test_text_prefilter_from_literal_kinds_only():
@@ -164,7 +177,7 @@ def test_fast_walk_collects_what_a_plain_ast_walk_does():
     files = FIXTURES + sorted((ROOT / "src" / "mllint").rglob("*.py"))
     for path in files:
         tree = parse_quietly(path.read_text(encoding="utf-8"))
-        got = _collect(tree)
+        got, _ = _collect(tree)
         names, stores, calls, keywords, strings = reference(tree)
         assert names <= got["name"], path
         assert (stores, calls, keywords, strings) == (got["assign"], got["call"], got["keyword"],

@@ -25,6 +25,9 @@ start and/or end for "ends with", "starts with" or "contains". Several requireme
   a statement of its own (a docstring) does not count. Implicitly concatenated literals are one
   value, and the literal parts of an f-string are values of their own.
 - ``number:N``: an int or float literal whose ``str()`` is ``N`` (``-100`` is the literal ``100``).
+- ``call-lacking:X/K``: a call ``X(...)`` or ``<anything>.X(...)`` that passes no keyword ``K``
+  and no ``**`` splat (no ``*`` in the pattern): for rules about a missing argument, such as
+  ``F.dropout(x, p)`` without ``training=``.
 
 Declarations are data, so they are cheap to check and easy to review: the test
 ``tests/test_triage.py`` runs every rule case and scenario fixture with triage on and off and
@@ -43,9 +46,9 @@ import ast
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
-KINDS = ("name", "assign", "call", "keyword", "import", "string", "number")
+KINDS = ("name", "assign", "call", "keyword", "import", "string", "number", "call-lacking")
 # Kinds whose values are written literally in the source (identifiers and dotted module names).
 _LITERAL_KINDS = frozenset({"name", "assign", "call", "keyword", "import"})
 
@@ -67,6 +70,11 @@ def _requirement(spec: str) -> Requirement:
     kind, sep, pattern = spec.partition(":")
     if not sep or kind not in KINDS:
         raise TriageError(f"requirement `{spec}` must be KIND:PATTERN with KIND one of {', '.join(KINDS)}")
+    if kind == "call-lacking":
+        callee, slash, keyword = pattern.partition("/")
+        if not (callee.isidentifier() and slash and keyword.isidentifier()):
+            raise TriageError(f"requirement `{spec}` must be call-lacking:CALLEE/KEYWORD")
+        return Requirement(kind, pattern, callee)
     starts, ends = pattern.startswith("*"), pattern.endswith("*") and len(pattern) > 1
     core = pattern[1 if starts else 0: len(pattern) - (1 if ends else 0)]
     if not core or "*" in core or "\n" in core:
@@ -109,12 +117,17 @@ def text_allows(groups: Compiled, source: Union[str, Callable[[str], bool]]) -> 
 class CodeFacts:
     """What the requirements are matched against, from one walk over the stdlib ``ast`` tree."""
 
-    __slots__ = ("blobs",)
+    __slots__ = ("blobs", "calls")
 
-    def __init__(self, values: Dict[str, Iterable[str]]) -> None:
+    def __init__(self, values: Dict[str, Iterable[str]],
+                 calls: Iterable[Tuple[str, FrozenSet[str]]] = ()) -> None:
         self.blobs = {kind: "\n" + "\n".join(values.get(kind, ())) + "\n" for kind in KINDS}
+        self.calls = frozenset(calls)  # (callee, keywords) of every call without a ** splat
 
     def holds(self, requirement: Requirement) -> bool:
+        if requirement.kind == "call-lacking":
+            callee, _, keyword = requirement.needle.partition("/")
+            return any(name == callee and keyword not in passed for name, passed in self.calls)
         return requirement.needle in self.blobs[requirement.kind]
 
     def allows(self, groups: Compiled) -> bool:
@@ -123,7 +136,8 @@ class CodeFacts:
 
     @classmethod
     def from_tree(cls, tree: ast.AST) -> "CodeFacts":
-        return cls(_collect(tree))
+        values, calls = _collect(tree)
+        return cls(values, calls)
 
 
 def parse_quietly(source: str) -> ast.AST:
@@ -154,7 +168,8 @@ _SCALAR_FIELDS = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "as
 _CHILD_FIELDS: Dict[type, Tuple[str, ...]] = {}
 
 
-def _collect(tree: ast.AST) -> Dict[str, Set[str]]:
+def _collect(tree: ast.AST) -> Tuple[Dict[str, Set[str]], Set[Tuple[str, FrozenSet[str]]]]:
+    signatures: Set[Tuple[str, FrozenSet[str]]] = set()
     names: Set[str] = set()
     stores: Set[str] = set()
     calls: Set[str] = set()
@@ -187,10 +202,12 @@ def _collect(tree: ast.AST) -> Dict[str, Set[str]]:
             continue  # a docstring or a bare string: no meaning to any rule
         if kind is _Call:
             func = node.func  # type: ignore[attr-defined]
-            if type(func) is _Name:
-                calls.add(func.id)
-            elif type(func) is _Attribute:
-                calls.add(func.attr)
+            callee = func.id if type(func) is _Name else func.attr if type(func) is _Attribute else None
+            if callee is not None:
+                calls.add(callee)
+                passed = [k.arg for k in node.keywords]  # type: ignore[attr-defined]
+                if None not in passed:  # a ** splat may pass anything
+                    signatures.add((callee, frozenset(passed)))
         elif kind is _keyword:
             if node.arg is not None:  # type: ignore[attr-defined]
                 names.add(node.arg)  # type: ignore[attr-defined]
@@ -236,8 +253,8 @@ def _collect(tree: ast.AST) -> Dict[str, Set[str]]:
                 extend(value)  # None (dict unpacking, missing defaults) is skipped when popped
             elif value is not None:
                 push(value)
-    return {"name": names, "assign": stores, "call": calls, "keyword": keywords, "import": imports,
-            "string": strings, "number": numbers}
+    return ({"name": names, "assign": stores, "call": calls, "keyword": keywords, "import": imports,
+             "string": strings, "number": numbers}, signatures)
 
 
 def _constant(value: object, names: Set[str], strings: Set[str], numbers: Set[str]) -> None:

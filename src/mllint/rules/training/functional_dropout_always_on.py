@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import libcst as cst
 
@@ -23,9 +23,10 @@ class FunctionalDropoutAlwaysOn(Rule):
     """## What it does
     Checks for `F.dropout(x, p)` (also `dropout1d/2d/3d`, spelled `torch.nn.functional.dropout`,
     `nn.functional.dropout` or imported by name) in a method of an `nn.Module` subclass without
-    a `training=` argument, or with `training=True`.
+    a `training=` argument.
 
-    It stays silent for `training=self.training` or any other expression, `training=False`,
+    It stays silent for any `training=` argument (`self.training`, `False`, and a literal `True`,
+    which states the intent, as in Monte Carlo dropout),
     `nn.Dropout` modules (they follow the module's mode), calls with `*args`/`**kwargs`, functions
     that are not methods of a module class defined in the file (their caller may pass the flag),
     and Lightning's `training_step`, which only runs in training.
@@ -53,8 +54,7 @@ class FunctionalDropoutAlwaysOn(Rule):
     ```
 
     ## Fix safety
-    The fix adds `training=self.training` (or replaces a literal `True` with `self.training`) and
-    is safe: it keeps dropout on whenever the module trains and turns it off only in `eval()`
+    The fix adds `training=self.training` and is safe: it keeps dropout on whenever the module trains and turns it off only in `eval()`
     mode, which is what the module's mode means. It is offered only in methods whose first
     parameter is `self` of a class that derives from `nn.Module`.
 
@@ -71,9 +71,20 @@ class FunctionalDropoutAlwaysOn(Rule):
     tags = ("correctness", "torch")
     triggers = (("dropout",),)
     # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
-    requires = (("import:torch",), ("call:dropout", "call:dropout1d", "call:dropout2d", "call:dropout3d"))
+    requires = (("import:torch",), (
+        "call-lacking:dropout/training", "call-lacking:dropout1d/training",
+        "call-lacking:dropout2d/training", "call-lacking:dropout3d/training"))
     premise = {"torch": ">=1.0"}
     VALID = (
+        # A literal `training=True` (keyword or positional) states the intent: always-on dropout.
+        Valid("""
+            import torch
+            from torch.nn.functional import dropout
+            class Head(torch.nn.Module):
+                def forward(self, h):
+                    h = torch.nn.functional.dropout2d(h, p=0.2, training=True)
+                    return dropout(h, 0.3, True)
+            """),
         Valid("""
             import torch.nn.functional as F
             from torch import nn
@@ -168,47 +179,6 @@ class FunctionalDropoutAlwaysOn(Rule):
             """,
             applicability=Applicability.SAFE,
         ),
-        # A literal training=True, through a subclass of a local module class.
-        Invalid(
-            """
-            import torch
-            class Base(torch.nn.Module):
-                pass
-            class Head(Base):
-                def forward(self, h):
-                    return torch.nn.functional.dropout2d(h, p=0.2, training=True)
-            """,
-            line=6,
-            message="`training=True`",
-            fix="""
-            import torch
-            class Base(torch.nn.Module):
-                pass
-            class Head(Base):
-                def forward(self, h):
-                    return torch.nn.functional.dropout2d(h, p=0.2, training=self.training)
-            """,
-            applicability=Applicability.SAFE,
-        ),
-        # Positional True, imported by name, in a helper method of a LightningModule.
-        Invalid(
-            """
-            from torch.nn.functional import dropout
-            import pytorch_lightning as pl
-            class Lit(pl.LightningModule):
-                def encode(self, x):
-                    return dropout(self.enc(x), 0.3, True)
-            """,
-            line=5,
-            fix="""
-            from torch.nn.functional import dropout
-            import pytorch_lightning as pl
-            class Lit(pl.LightningModule):
-                def encode(self, x):
-                    return dropout(self.enc(x), 0.3, self.training)
-            """,
-            applicability=Applicability.SAFE,
-        ),
         # Keyword p only, trailing comma kept readable.
         Invalid(
             """
@@ -242,8 +212,7 @@ class FunctionalDropoutAlwaysOn(Rule):
             binding = bind(call, _SIGNATURE)
             if binding.opaque or not call.args:
                 continue
-            training = binding.value("training")
-            if training is not None and not (isinstance(training, cst.Name) and training.value == "True"):
+            if binding.value("training") is not None:
                 continue
             method = ctx.enclosing(call, cst.FunctionDef)
             cls = modes.owner(method) if method is not None else None
@@ -253,20 +222,16 @@ class FunctionalDropoutAlwaysOn(Rule):
             if not params or params[0] != "self" or method.decorators:
                 continue
             where = f"`{cls.name.value}.{method.name.value}`"  # type: ignore[union-attr]
-            problem = "passes `training=True`" if training is not None else "has no `training=`"
-            default = " (functional dropout defaults to `training=True`)" if training is None else ""
             yield ctx.report(
                 call,
-                f"`{ctx.code(call.func)}(...)` in {where} {problem}{default}: dropout stays on after "
-                f"`model.eval()`; pass `training=self.training`",
-                fix=self._fix(ctx, call, training),
+                f"`{ctx.code(call.func)}(...)` in {where} has no `training=` (functional dropout "
+                f"defaults to `training=True`): dropout stays on after `model.eval()`; pass "
+                f"`training=self.training`",
+                fix=self._fix(ctx, call),
             )
 
     @staticmethod
-    def _fix(ctx: Context, call: cst.Call, training: Optional[cst.BaseExpression]) -> Fix:
-        if training is not None:
-            edit = ctx.replace(training, "self.training")
-        else:
-            end = ctx.span(call.args[-1].value)[1]
-            edit = ctx.edit(end, end, ", training=self.training")
+    def _fix(ctx: Context, call: cst.Call) -> Fix:
+        end = ctx.span(call.args[-1].value)[1]
+        edit = ctx.edit(end, end, ", training=self.training")
         return ctx.fix("Pass `training=self.training`", Applicability.SAFE, edit)

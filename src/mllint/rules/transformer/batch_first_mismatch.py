@@ -78,7 +78,9 @@ class BatchFirstMismatch(Rule):
     severity = Severity.WARNING
     tags = ("correctness", "torch")
     triggers = (("Transformer", "MultiheadAttention"),)
-    requires = (("import:torch",), ("name:Transformer*", "name:MultiheadAttention"))
+    requires = (("import:torch",), (
+        "name:Transformer", "name:TransformerEncoder", "name:TransformerDecoder", "name:TransformerEncoderLayer", "name:TransformerDecoderLayer",
+        "name:MultiheadAttention"))
     premise = {"torch": ">=1.9"}
     VALID = (
         Valid("""

@@ -235,7 +235,9 @@ class InvertedKeyPaddingMask(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "torch")
     triggers = (("Transformer", "MultiheadAttention"),)
-    requires = (("import:torch",), ("name:Transformer*", "name:MultiheadAttention"))
+    requires = (("import:torch",), (
+        "name:Transformer", "name:TransformerEncoder", "name:TransformerDecoder", "name:TransformerEncoderLayer", "name:TransformerDecoderLayer",
+        "name:MultiheadAttention"))
     premise = {"torch": ">=1.2"}
     VALID = (
         # The torch polarity: True at padding.

@@ -116,7 +116,9 @@ class MaskRepeatHeadOrder(Rule):
     severity = Severity.ERROR
     tags = ("correctness", "torch")
     triggers = (("repeat",), ("Transformer", "MultiheadAttention"))
-    requires = (("import:torch",), ("call:repeat",), ("name:Transformer*", "name:MultiheadAttention"))
+    requires = (("import:torch",), ("call:repeat",), (
+        "name:Transformer", "name:TransformerEncoder", "name:TransformerDecoder", "name:TransformerEncoderLayer", "name:TransformerDecoderLayer",
+        "name:MultiheadAttention"))
     premise = {"torch": ">=1.2"}
     VALID = (
         Valid("""

@@ -84,7 +84,8 @@ class UnscaledEmbedding(Rule):
     default_enabled = False
     tags = ("convention", "torch")
     triggers = (("Embedding",), ("Transformer",))
-    requires = (("import:torch",), ("name:Embedding",), ("name:Transformer*",))
+    requires = (("import:torch",), ("name:Embedding",), (
+        "name:Transformer", "name:TransformerEncoder", "name:TransformerDecoder", "name:TransformerEncoderLayer", "name:TransformerDecoderLayer"))
     premise = {"torch": ">=1.2"}
     VALID = (
         # Scaled in forward.
