@@ -138,6 +138,7 @@ def test_call_lacking_a_keyword():
     assert facts("F.dropout(x, 0.1, training=t)\nnn.functional.dropout(y, p=p)\n").allows(lacking)
     assert not facts("F.dropout(x, 0.1, training=self.training)\n").allows(lacking)
     assert not facts("F.dropout(x, **kw)\n").allows(lacking)
+    assert not facts("h = self.dropout(h)\nh = self.block.dropout(h)\n").allows(lacking)  # modules
     assert not text_allows(lacking, "x = 1\n")
 
 

@@ -25,9 +25,10 @@ start and/or end for "ends with", "starts with" or "contains". Several requireme
   a statement of its own (a docstring) does not count. Implicitly concatenated literals are one
   value, and the literal parts of an f-string are values of their own.
 - ``number:N``: an int or float literal whose ``str()`` is ``N`` (``-100`` is the literal ``100``).
-- ``call-lacking:X/K``: a call ``X(...)`` or ``<anything>.X(...)`` that passes no keyword ``K``
-  and no ``**`` splat (no ``*`` in the pattern): for rules about a missing argument, such as
-  ``F.dropout(x, p)`` without ``training=``.
+- ``call-lacking:X/K``: a call ``X(...)`` or ``<anything>.X(...)``, not made through ``self``
+  (``self.X(...)``, ``self.a.X(...)``: a method or submodule, not a library function), that
+  passes no keyword ``K`` and no ``**`` splat (no ``*`` in the pattern): for rules about a
+  missing argument, such as ``F.dropout(x, p)`` without ``training=``.
 
 Declarations are data, so they are cheap to check and easy to review: the test
 ``tests/test_triage.py`` runs every rule case and scenario fixture with triage on and off and
@@ -206,7 +207,7 @@ def _collect(tree: ast.AST) -> Tuple[Dict[str, Set[str]], Set[Tuple[str, FrozenS
             if callee is not None:
                 calls.add(callee)
                 passed = [k.arg for k in node.keywords]  # type: ignore[attr-defined]
-                if None not in passed:  # a ** splat may pass anything
+                if None not in passed and not _through_self(func):  # a ** splat may pass anything
                     signatures.add((callee, frozenset(passed)))
         elif kind is _keyword:
             if node.arg is not None:  # type: ignore[attr-defined]
@@ -255,6 +256,13 @@ def _collect(tree: ast.AST) -> Tuple[Dict[str, Set[str]], Set[Tuple[str, FrozenS
                 push(value)
     return ({"name": names, "assign": stores, "call": calls, "keyword": keywords, "import": imports,
              "string": strings, "number": numbers}, signatures)
+
+
+def _through_self(func: ast.AST) -> bool:
+    """``self.f`` or ``self.a.f``: a call of the object's own method or submodule."""
+    while type(func) is _Attribute:
+        func = func.value  # type: ignore[attr-defined]
+    return type(func) is _Name and func.id == "self"  # type: ignore[attr-defined]
 
 
 def _constant(value: object, names: Set[str], strings: Set[str], numbers: Set[str]) -> None:

@@ -98,7 +98,7 @@ class TorchLoadWithoutWeightsOnly(Rule):
     tags = ("security", "torch", "versions")
     triggers = (("torch",), ("load",))
     # Triage: checked on the stdlib `ast` tree before libcst parses (mllint.core.triage).
-    requires = (("import:torch",), ("call:load",))
+    requires = (("import:torch",), ("call-lacking:load/weights_only",))
     premise = {"torch": ">=1.13"}
     VALID = (
         # The flag is explicit either way.
