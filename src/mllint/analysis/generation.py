@@ -35,9 +35,10 @@ import libcst as cst
 from mllint.analysis.batches import Batches, Provenance
 from mllint.analysis.dataflow import Assignments
 from mllint.analysis.hf import is_hf_model
-from mllint.analysis.instances import WRAPPERS, Instances, constructor_of
+from mllint.analysis.instances import Instances
 from mllint.analysis.names import string_value
 from mllint.analysis.signatures import GENERATE, bind
+from mllint.analysis.vocab import Vocab
 
 if TYPE_CHECKING:
     from mllint.core.context import Context
@@ -287,42 +288,10 @@ class Generation:
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self, receiver: cst.BaseExpression, at: cst.CSTNode) -> Optional[str]:
-        """The literal checkpoint name of ``X.from_pretrained("name", ...)`` that made the model,
-        through local names, module methods and peft/compile wrappers; None when not literal."""
-        ctx = self.ctx
-        instances = ctx.get(Instances)
-        expr: cst.BaseExpression = receiver
-        for _ in range(4):
-            call = constructor_of(instances, expr, at)
-            if call is None:
-                return None
-            if ctx.names.resolve(call.func) & WRAPPERS:
-                if not call.args or call.args[0].keyword is not None or call.args[0].star:
-                    return None
-                expr, at = call.args[0].value, call
-                continue
-            func = call.func
-            if not (isinstance(func, cst.Attribute) and func.attr.value == "from_pretrained"):
-                return None
-            first = next((a for a in call.args if a.keyword is None and not a.star), None)
-            if first is None:
-                first = next((a for a in call.args if a.keyword is not None
-                              and a.keyword.value == "pretrained_model_name_or_path"), None)
-            return None if first is None else self._string(first.value, call)
-        return None
-
-    def _string(self, expr: cst.BaseExpression, at: cst.CSTNode) -> Optional[str]:
-        for _ in range(3):
-            value = string_value(expr)
-            if value is not None:
-                return value
-            if not isinstance(expr, cst.Name):
-                return None
-            values = self.ctx.get(Instances).values(expr.value, at)
-            if len(values) != 1:
-                return None
-            expr = values[0]
-        return None
+        """The literal checkpoint name the model was loaded from, when there is exactly one
+        (``Vocab.checkpoints``); None when not literal or not unique."""
+        names = self.ctx.get(Vocab).checkpoints(receiver, at)
+        return next(iter(names)) if len(names) == 1 else None
 
     @staticmethod
     def samples_by_default(name: str) -> Optional[bool]:

@@ -41,7 +41,7 @@ import libcst as cst
 
 from mllint.analysis.dataflow import Assignments, strip_transparent
 from mllint.analysis.hf import is_model_kind
-from mllint.analysis.instances import LOADERS, UNKNOWN, Instances
+from mllint.analysis.instances import LOADERS, UNKNOWN, WRAPPERS, Instances
 from mllint.analysis.names import string_value
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ _RESIZING_HELPERS = frozenset({"trl.setup_chat_format", "trl.models.setup_chat_f
 # Methods returning the model itself, and wrappers returning (a wrapper of) their first argument.
 _SAME_MODEL = frozenset({"to", "cuda", "cpu", "eval", "train", "half", "float", "bfloat16", "double",
                          "requires_grad_", "merge_and_unload"})
-_WRAPPERS = frozenset({"get_peft_model", "prepare_model_for_kbit_training", "compile"})
 _T5_CLASS = re.compile(r"^(T5|MT5|UMT5|LongT5)[A-Z]")
 _T5_CHECKPOINT = re.compile(r"t5", re.IGNORECASE)
 
@@ -259,7 +258,9 @@ class Vocab:
         return out
 
     def checkpoints(self, expr: cst.BaseExpression, at: Optional[cst.CSTNode] = None) -> FrozenSet[Optional[str]]:
-        """Checkpoint names the model ``expr`` may be loaded from (None: not visible)."""
+        """Checkpoint names the model ``expr`` may be loaded from (None: not visible), through
+        local and module names, ``self.`` attributes, ``.to()``-style methods and peft/compile
+        wrappers. The one checkpoint lookup of the analysis layer (``Generation`` uses it too)."""
         out: Set[Optional[str]] = set()
         self._checkpoints(expr, at or expr, out, set(), 0)
         return frozenset(out) if out else frozenset({None})
@@ -287,12 +288,15 @@ class Vocab:
             return
         func = expr.func
         last = func.attr.value if isinstance(func, cst.Attribute) else func.value if isinstance(func, cst.Name) else ""
-        if last in LOADERS:
+        if self.ctx.names.resolve(func) & WRAPPERS:  # get_peft_model(m), PeftModel.from_pretrained(m, ...)
+            if expr.args and expr.args[0].keyword is None and not expr.args[0].star:
+                self._checkpoints(expr.args[0].value, at, out, seen, depth + 1)
+            else:
+                out.add(None)
+        elif last in LOADERS:
             out.add(self._name(expr))
         elif isinstance(func, cst.Attribute) and last in _SAME_MODEL:
             self._checkpoints(func.value, at, out, seen, depth + 1)
-        elif last in _WRAPPERS and expr.args and expr.args[0].keyword is None and not expr.args[0].star:
-            self._checkpoints(expr.args[0].value, at, out, seen, depth + 1)
         else:
             out.add(None)
 
