@@ -684,8 +684,7 @@ class Modes:
         """True: disables grads; False: enables them; None: not a grad-mode call, or runtime."""
         if not isinstance(call, cst.Call):
             return None
-        names = self.ctx.names.resolve(call.func)
-        last = {n.rsplit(".", 1)[-1] for n in names if n.startswith("torch.")}
+        last = {n.rsplit(".", 1)[-1] for n in self._torch_names(call.func)}
         if "no_grad" in last:
             return True
         if "inference_mode" in last:
@@ -698,14 +697,26 @@ class Modes:
             return None if flag is None else not flag
         return None
 
+    def _torch_names(self, expr: cst.BaseExpression) -> Set[str]:
+        """The ``torch.*`` names ``expr`` may denote, counting a ``torch`` that only a star import
+        can bind (``from data import *`` where ``data`` does ``import torch``) as torch itself."""
+        out = set()
+        for name in self.ctx.names.resolve(expr):
+            for module in self.ctx.names.star_modules:
+                if name.startswith(module + ".torch."):
+                    name = name[len(module) + 1:]
+                    break
+            if name.startswith("torch."):
+                out.add(name)
+        return out
+
     def _grad_decorated(self, function: cst.FunctionDef) -> bool:
         for decorator in function.decorators:
             expr = decorator.decorator
             if isinstance(expr, cst.Call):
                 if self._grad_call(expr):
                     return True
-            elif {n.rsplit(".", 1)[-1] for n in self.ctx.names.resolve(expr)
-                  if n.startswith("torch.")} & _GRAD_OFF:
+            elif {n.rsplit(".", 1)[-1] for n in self._torch_names(expr)} & _GRAD_OFF:
                 return True
         return False
 

@@ -21,6 +21,9 @@ _RAISES = Version("4.46")
 _NON_TEXT_INPUTS = frozenset({"images", "audio", "audios", "videos", "pixel_values"})
 _TEXT_INPUTS = frozenset({"text", "input_ids", "prompt"})
 _CONTEXT_ATTRS = frozenset({"model_max_length", "max_position_embeddings", "n_positions", "n_ctx"})
+# Tensor methods whose result holds the receiver's tokens (its length does not depend on the arguments).
+_SAME_TOKENS_METHODS = frozenset({"to", "cuda", "cpu", "long", "int", "unsqueeze", "squeeze", "view", "reshape",
+                                  "repeat", "expand", "flatten", "detach", "clone", "contiguous"})
 
 
 class GenerateMaxLengthCountsPrompt(Rule):
@@ -32,8 +35,9 @@ class GenerateMaxLengthCountsPrompt(Rule):
     when `max_new_tokens` is set as well (it wins), when the value is computed from the prompt
     (`input_ids.shape[1] + 50`, `len(ids) + n`, any arithmetic) or is the model's context size
     (`tokenizer.model_max_length`, `config.max_position_embeddings`), when no prompt is passed
-    (`generate(pixel_values=...)` of a captioning model starts from the BOS token), for
-    encoder-decoder models,
+    (`generate(pixel_values=...)` of a captioning model starts from the BOS token), when the
+    prompt is literal text or token ids written in the source (its length is fixed, so the total
+    is a known choice), for encoder-decoder models,
     for receivers whose kind is unknown, and when a `**kwargs` of unknown content may carry
     `max_new_tokens`.
 
@@ -164,6 +168,20 @@ class GenerateMaxLengthCountsPrompt(Rule):
             out = model.generate(**inputs, max_length=50)
             out = model.generate(pixel_values=inputs.pixel_values, max_length=50)
             """),
+        # The prompt is literal text (or literal token ids): its length is fixed and known, so
+        # max_length is a total the author chose with the prompt in view.
+        Valid("""
+            import torch
+            from transformers import AutoTokenizer, GPT2LMHeadModel
+            tok = AutoTokenizer.from_pretrained("gpt2")
+            lm = GPT2LMHeadModel.from_pretrained("gpt2")
+            enc = tok("The capital of France is", return_tensors="pt")
+            ids = enc.input_ids.to(device)
+            lm.generate(ids, do_sample=False, max_length=20)
+            lm.generate(**enc, max_length=20)
+            fixed = torch.tensor([[464, 3290, 318]], dtype=torch.long)
+            lm.generate(fixed.unsqueeze(0)[0], max_length=12)
+            """),
         # max_length of the tokenizer call only.
         Valid("""
             from transformers import AutoModelForCausalLM
@@ -269,7 +287,7 @@ class GenerateMaxLengthCountsPrompt(Rule):
                 continue
             setting = use.setting("max_length")
             if setting is None or id(setting.node) in reported or not self._budget(ctx, setting.value) \
-                    or not self._has_prompt(ctx, use.call):
+                    or not self._has_prompt(ctx, use.call) or self._literal_prompt(ctx, use.call):
                 continue
             call = f"`{ctx.code(use.call.func)}()`"
             if use.kwargs.get("max_length") is None:
@@ -321,6 +339,47 @@ class GenerateMaxLengthCountsPrompt(Rule):
                         and {a.keyword.value for a in value.args} & _NON_TEXT_INPUTS
                         and not {a.keyword.value for a in value.args} & _TEXT_INPUTS):
                     return True
+        return False
+
+    @classmethod
+    def _literal_prompt(cls, ctx: Context, call: cst.Call) -> bool:
+        """Every prompt of the call is written in the source (``tokenizer("Once upon a time")``,
+        ``torch.tensor([[464, 3290]])``): its length is fixed, so ``max_length`` is a known total
+        chosen with the prompt in view, not a budget that shrinks as prompts grow."""
+        binding = bind(call, GENERATE)
+        prompts = [binding.value(name) for name in ("inputs", "input_ids", "inputs_embeds")]
+        prompts = [p for p in prompts if p is not None]
+        for arg in call.args:
+            if arg.star == "*":
+                return False
+            if arg.star == "**":
+                prompts.append(arg.value)
+        return bool(prompts) and all(cls._literal(ctx, p, 0) for p in prompts)
+
+    @classmethod
+    def _literal(cls, ctx: Context, expr: cst.BaseExpression, depth: int) -> bool:
+        """``expr`` is computed from literal text or token ids only (through local names,
+        attribute/key access, tensor moves and reshapes, and calls whose data arguments are all
+        literal)."""
+        if depth > 12:
+            return False
+        if isinstance(expr, (cst.SimpleString, cst.ConcatenatedString, cst.Integer)):
+            return True
+        if isinstance(expr, (cst.List, cst.Tuple)):
+            return bool(expr.elements) and all(not isinstance(e, cst.StarredElement)
+                                               and cls._literal(ctx, e.value, depth + 1) for e in expr.elements)
+        if isinstance(expr, cst.Name):
+            value = ctx.get(Assignments).reaching(expr)
+            return value is not None and cls._literal(ctx, value, depth + 1)
+        if isinstance(expr, (cst.Attribute, cst.Subscript)):
+            return cls._literal(ctx, expr.value, depth + 1)
+        if isinstance(expr, cst.Call):
+            if isinstance(expr.func, cst.Attribute) and expr.func.attr.value in _SAME_TOKENS_METHODS:
+                return cls._literal(ctx, expr.func.value, depth + 1)
+            if any(a.star for a in expr.args):
+                return False
+            data = [a.value for a in expr.args if a.keyword is None or a.keyword.value in _TEXT_INPUTS]
+            return bool(data) and all(cls._literal(ctx, d, depth + 1) for d in data)
         return False
 
     @staticmethod

@@ -4,6 +4,7 @@ from typing import Iterator, List, Optional
 
 import libcst as cst
 
+from mllint.analysis.dataflow import Assignments
 from mllint.analysis.instances import Instances
 from mllint.analysis.modes import is_eval_word, is_train_word, words
 from mllint.analysis.names import dotted
@@ -82,6 +83,12 @@ class DataloaderShuffle(Rule):
     requires = (("import:torch & name:DataLoader",),)
     premise = {"torch": ">=1.0"}
     VALID = (
+        # A one-batch subset (a smoke test / overfit-one-batch check): the order cannot matter.
+        Valid("""
+            from torch.utils.data import DataLoader, Subset
+            tiny_train = Subset(full_train_set, range(4))
+            overfit_train_loader = DataLoader(tiny_train, batch_size=4)
+            """),
         # Random samples (a smoke-test dataset): their order carries nothing a shuffle could change.
         Valid("""
             import torch
@@ -208,7 +215,8 @@ class DataloaderShuffle(Rule):
             loader = f"`{label}`" if label else f"`{ctx.code(call.func)}(...)`"
             if train and not evaluation:
                 if binding.opaque or shuffle is not None or binding.passed("sampler") \
-                        or binding.passed("batch_sampler") or not self._map_style(ctx, dataset, call):
+                        or binding.passed("batch_sampler") or not self._map_style(ctx, dataset, call) \
+                        or self._single_batch(ctx, dataset, binding.value("batch_size")):
                     continue
                 yield ctx.report(
                     call,
@@ -222,6 +230,28 @@ class DataloaderShuffle(Rule):
                     f"`shuffle=True` on evaluation `DataLoader` {loader}: metrics do not change, but "
                     f"per-batch outputs no longer line up with the dataset's order between runs",
                 )
+
+    @staticmethod
+    def _single_batch(ctx: Context, dataset: cst.BaseExpression, batch_size: Optional[cst.BaseExpression]) -> bool:
+        """``Subset(ds, range(N))`` (or ``[0, ..]`` indices) with a literal ``batch_size >= N``:
+        every epoch is the same single batch, so the sample order cannot matter."""
+        if not (isinstance(batch_size, cst.Integer)):
+            return False
+        if isinstance(dataset, cst.Name):
+            dataset = ctx.get(Assignments).reaching(dataset) or dataset
+        if not (isinstance(dataset, cst.Call) and ctx.names.resolve(dataset.func) & {"torch.utils.data.Subset",
+                                                                                 "torch.utils.data.dataset.Subset"}
+                and len(dataset.args) >= 2 and dataset.args[1].keyword in (None,)):
+            return False
+        indices = dataset.args[1].value
+        if isinstance(indices, (cst.List, cst.Tuple)):
+            count = len(indices.elements)
+        elif isinstance(indices, cst.Call) and isinstance(indices.func, cst.Name) and indices.func.value == "range" \
+                and len(indices.args) == 1 and isinstance(indices.args[0].value, cst.Integer):
+            count = int(indices.args[0].value.evaluated_value)
+        else:
+            return False
+        return count <= int(batch_size.evaluated_value)
 
     @staticmethod
     def _label(ctx: Context, call: cst.Call) -> Optional[str]:

@@ -96,6 +96,15 @@ class NoGradInEval(Rule):
                 for x, y in loader:
                     model(x)
             """),
+        # `torch` bound only by a star import that re-exports it: still torch.no_grad.
+        Valid("""
+            from helpers import *
+            def evaluate(model, loader):
+                model.eval()
+                with torch.no_grad():
+                    for x, y in loader:
+                        model(x)
+            """),
         # A helper only ever called under no_grad.
         Valid("""
             import torch
