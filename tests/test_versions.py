@@ -16,7 +16,8 @@ from mllint.settings import ConfigResolver
 from mllint.sources.notebook import lint_notebook, parse_notebook
 from mllint.versions import LATEST_KNOWN, describe
 from mllint.versions.pins import (
-    PinFinder, lowest_allowed, pip_line_pins, pyproject_pins, requirements_pins, setup_cfg_pins)
+    PinFinder, lowest_allowed, pip_line_pins, pyproject_pins, requirements_pins, setup_cfg_pins,
+    setup_py_pins)
 
 
 def _versions(pins):
@@ -94,6 +95,32 @@ def test_setup_cfg():
     pins = setup_cfg_pins(text, "setup.cfg")
     assert _versions(pins) == {"transformers": "4.30.2", "trl": "0.8"}
     assert setup_cfg_pins("[options\nbroken", "setup.cfg") == []
+
+
+def test_setup_py_literal_arguments_only():
+    text = ("from setuptools import setup\n"
+            "deps = ['torch>=1.13']\n"
+            "setup(name='my-trainer', version='0.1',\n"
+            "      install_requires=['transformers>=4.38,<5', 'numpy'],\n"
+            "      extras_require={'rl': ['trl==0.15.2']})\n")
+    assert _versions(setup_py_pins(text, "setup.py")) == {"transformers": "4.38", "trl": "0.15.2"}
+    assert setup_py_pins("setup(install_requires=deps)\n", "setup.py") == []  # not a literal: unknown
+    assert setup_py_pins("def broken(:\n", "setup.py") == []
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    # A vendored copy or a fork of a tracked package targets its own version.
+    ("setup.py", "setup(name='transformers', version='4.4.2', install_requires=['torch>=1.0'])\n",
+     {"transformers": "4.4.2", "torch": "1.0"}),
+    ("setup.cfg", "[metadata]\nname = pytorch-lightning\nversion = 1.9.5\n", {"lightning": "1.9.5"}),
+    ("pyproject.toml", '[project]\nname = "trl"\nversion = "0.15.2"\ndependencies = ["transformers>=4.46"]\n',
+     {"trl": "0.15.2", "transformers": "4.46"}),
+    ("pyproject.toml", '[project]\nname = "trl"\ndynamic = ["version"]\n', {}),
+])
+def test_a_project_that_is_the_package_targets_its_own_version(tmp_path, name, text, expected):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / name).write_text(text)
+    assert {p: str(v.version) for p, v in PinFinder().pins(tmp_path).items()} == expected
 
 
 @pytest.mark.parametrize("line, expected", [

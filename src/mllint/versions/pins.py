@@ -1,5 +1,8 @@
 """Library versions a project pins: requirements files, ``pyproject.toml`` (PEP 621 and Poetry),
-``setup.cfg`` and a notebook's ``%pip install`` / ``!pip install`` lines.
+``setup.cfg``, ``setup.py`` (literal arguments of ``setup()``, read without running it) and a
+notebook's ``%pip install`` / ``!pip install`` lines. A project that *is* one of the packages (a
+vendored copy of transformers, a fork of trl) targets its own version: ``name``/``version`` of
+``[project]``, ``[metadata]`` or ``setup()`` pin it exactly.
 
 A pin is the *lowest* version its specifier allows (``>=4.46,<5`` -> 4.46; ``^4.46`` -> 4.46;
 ``~=0.15.2`` -> 0.15.2): premises mostly flip at a release, and the oldest version a project
@@ -13,6 +16,7 @@ pin files name it wins, so every project of a monorepo resolves on its own.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import re
@@ -147,6 +151,7 @@ def pyproject_pins(text: str, name: str) -> List[Pin]:
     pins: List[Pin] = []
     project = data.get("project")
     if isinstance(project, dict):
+        pins += _own_pin(project.get("name"), project.get("version"), f"{name} [project]")
         groups: List[Tuple[str, Any]] = [("project.dependencies", project.get("dependencies"))]
         optional = project.get("optional-dependencies")
         if isinstance(optional, dict):
@@ -186,6 +191,9 @@ def setup_cfg_pins(text: str, name: str) -> List[Pin]:
     except configparser.Error:
         return []
     pins: List[Pin] = []
+    if parser.has_section("metadata"):
+        pins += _own_pin(parser.get("metadata", "name", fallback=None),
+                         parser.get("metadata", "version", fallback=None), f"{name} [metadata]")
     entries: List[Tuple[str, str]] = []
     if parser.has_option("options", "install_requires"):
         entries.append(("options.install_requires", parser.get("options", "install_requires")))
@@ -197,6 +205,54 @@ def setup_cfg_pins(text: str, name: str) -> List[Pin]:
             if pin is not None:
                 pins.append(pin)
     return pins
+
+
+def _own_pin(package: Any, version: Any, source: str) -> List[Pin]:
+    """The project is ``package`` itself (a vendored or forked copy): it targets its own version."""
+    if not isinstance(package, str) or not isinstance(version, str):
+        return []
+    canonical = canonical_package(package)
+    try:
+        parsed = Version(version)
+    except InvalidVersion:
+        return []
+    return [Pin(canonical, parsed, source)] if canonical in TRACKED else []
+
+
+# -- setup.py ----------------------------------------------------------------------------------
+
+def setup_py_pins(text: str, name: str) -> List[Pin]:
+    """Pins of the literal ``name``/``version``, ``install_requires`` and ``extras_require``
+    arguments of a ``setup(...)`` call; the file is parsed, never run."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    pins: List[Pin] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "setup"):
+            continue
+        arguments = {k.arg: k.value for k in node.keywords if k.arg}
+        literal = {k: _literal(v) for k, v in arguments.items()}
+        pins += _own_pin(literal.get("name"), literal.get("version"), f"{name} [setup()]")
+        requirements = literal.get("install_requires")
+        groups = [("install_requires", requirements)]
+        extras = literal.get("extras_require")
+        if isinstance(extras, dict):
+            groups += [(f"extras_require.{k}", v) for k, v in extras.items()]
+        for where, values in groups:
+            for value in values if isinstance(values, list) else ():
+                pin = _requirement_pin(value, f"{name} [{where}]") if isinstance(value, str) else None
+                if pin is not None:
+                    pins.append(pin)
+    return pins
+
+
+def _literal(node: ast.AST) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
 
 
 # -- notebooks ---------------------------------------------------------------------------------
@@ -302,7 +358,8 @@ def directory_pins(directory: Path, label: Any = str) -> List[Pin]:
             return (label(target), nested_text) if nested_text is not None else None
 
         pins += requirements_pins(text, label(path), include)
-    for name, parse in (("pyproject.toml", pyproject_pins), ("setup.cfg", setup_cfg_pins)):
+    for name, parse in (("pyproject.toml", pyproject_pins), ("setup.cfg", setup_cfg_pins),
+                        ("setup.py", setup_py_pins)):
         if name in names:
             text = _read(directory / name)
             if text is not None:
