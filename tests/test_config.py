@@ -135,6 +135,7 @@ def test_show_settings(tmp_path):
     assert f"config file: {tmp_path / 'pyproject.toml'}" in lines
     assert "ignore: ['MLL101']" in lines
     assert "  trl 0.15 (target-versions in pyproject.toml)" in lines
+    assert f"cache-dir: {tmp_path / '.mllint_cache'}" in lines
     assert 'rule options: {"MLL101": {"pad-token": "<|pad|>"}}' in lines
     enabled = lines[lines.index("enabled rules:") + 1:]
     assert "  MLL302 padding-mask-as-memory-mask" in enabled

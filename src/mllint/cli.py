@@ -19,7 +19,7 @@ from mllint.core.registry import default_registry
 from mllint.output import FORMATS, renderer
 from mllint.output.progress import Progress
 from mllint.output.text import RenderOptions
-from mllint.cache import ENV_CACHE_DIR
+from mllint.cache import ENV_CACHE_DIR, default_cache_dir
 from mllint.runner import FileResult, Mode, check_files, discover, process_stdin
 from mllint.settings import ConfigError, ConfigResolver, Settings, enabled_codes, normalize_codes, parse_version, validate_selectors
 from mllint.versions import TRACKED, canonical_package, describe
@@ -281,6 +281,7 @@ def _describe_settings(settings: Settings, anchor: Path) -> str:
         f"force-exclude: {str(settings.force_exclude).lower()}",
         f"unsafe-fixes: {str(settings.unsafe_fixes).lower()}",
         f"preview: {str(settings.preview).lower()}",
+        f"cache-dir: {default_cache_dir(settings)}",
         "target-versions:",
         *(f"  {describe(p, settings.target_versions, settings.version_sources)}" for p in TRACKED),
         f"rule options: {json.dumps(settings.rule_options, sort_keys=True) if settings.rule_options else '(defaults)'}",
