@@ -270,3 +270,12 @@ def test_batch_moved_to_device_keeps_its_provenance():
     assert _origin('for batch in val_loader:\n'
                    '    batch = {k: v for k, v in batch.items() if k != "labels"}\n'
                    '    m.generate(batch["input_ids"])')[1].provenance is Provenance.UNKNOWN
+
+
+def test_mask_slots_come_from_the_forward_signatures():
+    from mllint.analysis.signatures import attention_mask_parameters, key_padding_parameters
+
+    assert key_padding_parameters("torch.nn.TransformerDecoder") == ("tgt_key_padding_mask", "memory_key_padding_mask")
+    assert attention_mask_parameters("torch.nn.TransformerEncoder") == ("mask",)
+    assert attention_mask_parameters("torch.nn.MultiheadAttention") == ("attn_mask",)
+    assert key_padding_parameters("torch.nn.Linear") == attention_mask_parameters("torch.nn.Linear") == ()

@@ -112,6 +112,23 @@ INSTANCE_CALLS: Dict[str, Signature] = {
     "torch.nn.MultiheadAttention": MHA_FORWARD,
 }
 
+
+
+def key_padding_parameters(cls: str) -> Tuple[str, ...]:
+    """The ``forward`` parameters of torch attention class ``cls`` that take an (N, S)
+    key-padding mask (True = ignore)."""
+    signature = INSTANCE_CALLS.get(cls)
+    return tuple(p for p in signature.params if p.endswith("key_padding_mask")) if signature else ()
+
+
+def attention_mask_parameters(cls: str) -> Tuple[str, ...]:
+    """The ``forward`` parameters of torch attention class ``cls`` that take an (L, S) or
+    (N * num_heads, L, S) attention mask."""
+    signature = INSTANCE_CALLS.get(cls)
+    return tuple(p for p in signature.params if p.endswith("mask") and not p.endswith("key_padding_mask")) \
+        if signature else ()
+
+
 # Calls of functions and constructors.
 CALLS: Dict[str, Signature] = {
     # transformers data/data_collator.py, a dataclass; fields as of 5.23.0. ``tokenizer`` and

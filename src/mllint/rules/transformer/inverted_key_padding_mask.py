@@ -10,20 +10,13 @@ from mllint.analysis.dataflow import Assignments
 from mllint.analysis.layouts import Layouts
 from mllint.analysis.masks import AttentionSlots, TorchCall
 from mllint.analysis.names import string_value
+from mllint.analysis.signatures import key_padding_parameters
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
 
-# torch 2.13.0 forward parameters that take an (N, S) key-padding mask (nn/modules/transformer.py,
-# activation.py). F.scaled_dot_product_attention has none (and the opposite bool polarity).
-KEY_PADDING: Dict[str, tuple] = {
-    "torch.nn.Transformer": ("src_key_padding_mask", "tgt_key_padding_mask", "memory_key_padding_mask"),
-    "torch.nn.TransformerEncoder": ("src_key_padding_mask",),
-    "torch.nn.TransformerEncoderLayer": ("src_key_padding_mask",),
-    "torch.nn.TransformerDecoder": ("tgt_key_padding_mask", "memory_key_padding_mask"),
-    "torch.nn.TransformerDecoderLayer": ("tgt_key_padding_mask", "memory_key_padding_mask"),
-    "torch.nn.MultiheadAttention": ("key_padding_mask",),
-}
+# The key-padding slots come from the torch forward signatures (analysis.signatures);
+# F.scaled_dot_product_attention has none (and the opposite bool polarity).
 _PAD = re.compile(r"pad", re.IGNORECASE)
 _HF_MASK = re.compile(r"(^|_)attention_mask$")
 _KEEP = frozenset({"cuda", "cpu", "detach", "clone", "contiguous", "transpose", "t", "permute", "swapaxes"})
@@ -374,7 +367,7 @@ class InvertedKeyPaddingMask(Rule):
         evaluator = _Evaluator(ctx)
         reported: Set[int] = set()
         for torch_call in slots.torch_calls:
-            for param in KEY_PADDING.get(torch_call.callee, ()):
+            for param in key_padding_parameters(torch_call.callee):
                 arg = torch_call.binding.args.get(param)
                 found = evaluator.polarity(arg.value) if arg is not None else None
                 if found is not None and found.keep:
@@ -386,7 +379,7 @@ class InvertedKeyPaddingMask(Rule):
                 continue
             passed = {name: a.value for name, a in local.binding.args.items()}
             for torch_call in slots.inside(local.method):
-                for param in KEY_PADDING.get(torch_call.callee, ()):
+                for param in key_padding_parameters(torch_call.callee):
                     arg = torch_call.binding.args.get(param)
                     if arg is None or evaluator.polarity(arg.value) is not None:
                         continue  # judged at the torch call

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set
 
 import libcst as cst
 
@@ -9,19 +9,11 @@ from mllint.analysis.dataflow import Assignments
 from mllint.analysis.instances import constructor_of
 from mllint.analysis.masks import AttentionSlots, Masks, TorchCall
 from mllint.analysis.names import string_value
+from mllint.analysis.signatures import attention_mask_parameters
 from mllint.core.context import Context
 from mllint.core.diagnostic import Applicability, Diagnostic, Fix, Severity
 from mllint.core.rule import Invalid, Rule, Valid
 
-# torch 2.13.0 forward parameters that take an (L, S) or (N * num_heads, L, S) attention mask.
-ATTN_SLOTS: Dict[str, tuple] = {
-    "torch.nn.Transformer": ("src_mask", "tgt_mask", "memory_mask"),
-    "torch.nn.TransformerEncoder": ("mask",),
-    "torch.nn.TransformerEncoderLayer": ("src_mask",),
-    "torch.nn.TransformerDecoder": ("tgt_mask", "memory_mask"),
-    "torch.nn.TransformerDecoderLayer": ("tgt_mask", "memory_mask"),
-    "torch.nn.MultiheadAttention": ("attn_mask",),
-}
 # n_heads, num_heads, nhead, heads, num_attention_heads, self.n_head, cfg.attn_heads
 _HEADS = re.compile(r"^(n_?|num_?|attn_|attention_|num_attention_)?heads?$|^nheads?$", re.IGNORECASE)
 # What a value keeps its meaning through on its way to the attention slot.
@@ -241,7 +233,7 @@ class MaskRepeatHeadOrder(Rule):
         slots = ctx.get(AttentionSlots)
         reported: Set[int] = set()
         for torch_call in slots.torch_calls:
-            for param in ATTN_SLOTS.get(torch_call.callee, ()):
+            for param in attention_mask_parameters(torch_call.callee):
                 arg = torch_call.binding.args.get(param)
                 if arg is None:
                     continue
@@ -255,7 +247,7 @@ class MaskRepeatHeadOrder(Rule):
                 continue
             params = {p.name.value for p in local.method.params.params}
             for torch_call in slots.inside(local.method):
-                for param in ATTN_SLOTS.get(torch_call.callee, ()):
+                for param in attention_mask_parameters(torch_call.callee):
                     arg = torch_call.binding.args.get(param)
                     name = arg.value if arg is not None else None
                     if not (isinstance(name, cst.Name) and name.value in params
